@@ -1,0 +1,15 @@
+//! composefs EROFS images: the filesystem tree model, the image writer and
+//! reader, the dumpfile text format, and fs-verity digests.
+//!
+//! This crate works on bytes and trees only. It knows nothing of
+//! repositories, and its output is a pure function of its input: the same
+//! tree gives the same image bytes, identical to those of composefs-rs 0.9
+//! (and of the C `mkcomposefs` for the V0/V1 formats), because sealed boot
+//! images embed the image's fs-verity digest.
+#![forbid(unsafe_code)]
+#![deny(missing_docs, clippy::print_stdout, clippy::print_stderr)]
+
+pub mod digest;
+pub mod format;
+pub mod fsverity;
+pub mod tree;
