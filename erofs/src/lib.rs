@@ -10,6 +10,11 @@
 #![deny(missing_docs, clippy::print_stdout, clippy::print_stderr)]
 
 pub mod digest;
+pub mod dumpfile;
 pub mod format;
 pub mod fsverity;
+pub mod reader;
+pub mod scan;
+pub mod transform;
 pub mod tree;
+pub mod writer;

@@ -1,0 +1,1 @@
+//! dumpfile (being written).
