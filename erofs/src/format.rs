@@ -39,13 +39,14 @@ pub const XATTR_FILTER_SEED: u32 = 0x25bb_e08f;
 
 /// `format` bit 0: 0 compact (32-byte) inode, 1 extended (64-byte).
 pub const INODE_LAYOUT_EXTENDED: u16 = 1;
-/// Data layout (bits 1..3 of `format`): data in whole blocks at `u`.
+/// Data layout (`format` bits 1..3, value already shifted): data in whole
+/// blocks at `u`.
 pub const LAYOUT_FLAT_PLAIN: u16 = 0;
 /// Data layout: blocks at `u` plus a tail inline after the inode.
-pub const LAYOUT_FLAT_INLINE: u16 = 2;
+pub const LAYOUT_FLAT_INLINE: u16 = 4;
 /// Data layout: chunk index after the inode; composefs uses it for files
 /// whose content is elsewhere (all chunks are holes, `u32::MAX`).
-pub const LAYOUT_CHUNK_BASED: u16 = 4;
+pub const LAYOUT_CHUNK_BASED: u16 = 8;
 
 /// `S_IFMT` and the file type bits of `mode`.
 pub mod mode {

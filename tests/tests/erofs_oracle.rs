@@ -1,0 +1,171 @@
+//! Our EROFS writer against the reference crate (composefs 0.9.4): the
+//! same tree must give byte-identical images in every format version.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+
+use cfs_erofs::digest::{FsVerityDigest, Sha256Digest, Sha512Digest};
+use cfs_erofs::format::FormatVersion;
+use cfs_erofs::tree::{self, FileSystem};
+use cfs_erofs::writer::mkfs;
+use cfs_tests::{random_tree, TreeParams};
+use composefs::erofs::format::FormatVersion as RefVersion;
+use composefs::erofs::writer::{mkfs_erofs_versioned, ValidatedFileSystem};
+use composefs::fsverity::{FsVerityHashValue, Sha256HashValue, Sha512HashValue};
+use composefs::generic_tree as gt;
+
+/// Digest types of ours and theirs that correspond.
+trait Pair: FsVerityDigest {
+    type Ref: FsVerityHashValue;
+}
+impl Pair for Sha256Digest {
+    type Ref = Sha256HashValue;
+}
+impl Pair for Sha512Digest {
+    type Ref = Sha512HashValue;
+}
+
+fn ref_stat(stat: &tree::Stat) -> gt::Stat {
+    gt::Stat {
+        st_mode: u32::from(stat.mode.bits()),
+        st_uid: stat.uid,
+        st_gid: stat.gid,
+        st_mtim_sec: stat.mtime.sec,
+        st_mtim_nsec: stat.mtime.nsec,
+        xattrs: stat
+            .xattrs
+            .iter()
+            .map(|(k, v)| (Box::from(OsStr::from_bytes(k)), v.clone()))
+            .collect(),
+    }
+}
+
+fn convert_dir<R: FsVerityHashValue>(dir: &tree::Directory) -> composefs::tree::Directory<R> {
+    let mut out = composefs::tree::Directory::<R>::new(ref_stat(&dir.stat));
+    for (name, inode) in &dir.entries {
+        let name = OsStr::from_bytes(name.as_bytes());
+        match inode {
+            tree::Inode::Directory(sub) => {
+                out.insert(name, gt::Inode::Directory(Box::new(convert_dir(sub))));
+            }
+            tree::Inode::Leaf(id) => {
+                out.insert(name, gt::Inode::leaf(gt::LeafId(id.0)));
+            }
+        }
+    }
+    out
+}
+
+/// Our tree as the reference's, leaf ids unchanged.
+fn to_reference<H: Pair>(fs: &FileSystem<H>) -> composefs::tree::FileSystem<H::Ref> {
+    let mut out = composefs::tree::FileSystem::<H::Ref>::new(ref_stat(&fs.root.stat));
+    for leaf in &fs.leaves {
+        let content = match &leaf.content {
+            tree::LeafContent::Regular(tree::RegularFile::Inline(data)) => {
+                gt::LeafContent::Regular(composefs::tree::RegularFile::Inline(data.clone()))
+            }
+            tree::LeafContent::Regular(tree::RegularFile::External { digest, size }) => {
+                let id = H::Ref::from_hex(digest.to_hex()).expect("same length");
+                gt::LeafContent::Regular(composefs::tree::RegularFile::External(id, *size))
+            }
+            tree::LeafContent::Symlink(t) => {
+                gt::LeafContent::Symlink(Box::from(OsStr::from_bytes(t)))
+            }
+            tree::LeafContent::BlockDevice(r) => gt::LeafContent::BlockDevice(*r),
+            tree::LeafContent::CharacterDevice(r) => gt::LeafContent::CharacterDevice(*r),
+            tree::LeafContent::Fifo => gt::LeafContent::Fifo,
+            tree::LeafContent::Socket => gt::LeafContent::Socket,
+        };
+        out.push_leaf(ref_stat(&leaf.stat), content);
+    }
+    out.root = convert_dir(&fs.root);
+    out
+}
+
+fn ref_version(version: FormatVersion) -> RefVersion {
+    match version {
+        FormatVersion::V0 => RefVersion::V0,
+        FormatVersion::V1 => RefVersion::V1,
+        FormatVersion::V2 => RefVersion::V2,
+    }
+}
+
+/// Compares both writers on `fs`; returns a description of the first
+/// difference.
+fn compare<H: Pair>(fs: &FileSystem<H>, version: FormatVersion) -> Result<(), String> {
+    let ours = mkfs(fs, version).map_err(|e| format!("our writer failed: {e}"))?;
+    let validated = ValidatedFileSystem::new(to_reference(fs))
+        .map_err(|e| format!("reference refused the tree: {e}"))?;
+    let theirs = mkfs_erofs_versioned(&validated, ref_version(version));
+    if ours[..] == theirs[..] {
+        return Ok(());
+    }
+    let first = ours
+        .iter()
+        .zip(theirs.iter())
+        .position(|(a, b)| a != b)
+        .unwrap_or(ours.len().min(theirs.len()));
+    Err(format!(
+        "{version:?}/{}: images differ: ours {} bytes, theirs {} bytes, first difference at {first:#x}",
+        H::ALGORITHM,
+        ours.len(),
+        theirs.len()
+    ))
+}
+
+#[test]
+fn generated_trees_are_byte_identical() {
+    let mut failures = Vec::new();
+    let count = 500u64;
+    for seed in 0..count {
+        let params = TreeParams {
+            entries: 20 + (seed as usize * 7) % 400,
+            ..TreeParams::default()
+        };
+        let fs256 = random_tree::<Sha256Digest>(seed, &params);
+        let fs512 = random_tree::<Sha512Digest>(seed, &params);
+        for version in FormatVersion::ALL {
+            if let Err(e) = compare(&fs256, version) {
+                failures.push(format!("seed {seed}: {e}"));
+            }
+            if let Err(e) = compare(&fs512, version) {
+                failures.push(format!("seed {seed}: {e}"));
+            }
+        }
+    }
+    for f in failures.iter().take(20) {
+        eprintln!("{f}");
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} comparisons differ",
+        failures.len(),
+        count * 6
+    );
+    eprintln!("{} trees x 3 versions x 2 hashes: identical", count);
+}
+
+#[test]
+#[ignore = "debugging aid: writes both images of one seed to $CFS_DUMP_DIR"]
+fn dump_one() {
+    let seed: u64 = std::env::var("SEED").map_or(0, |s| s.parse().unwrap());
+    let entries: usize = std::env::var("ENTRIES").map_or(3, |s| s.parse().unwrap());
+    let version =
+        FormatVersion::from_number(std::env::var("V").map_or(1, |s| s.parse().unwrap())).unwrap();
+    let params = TreeParams {
+        entries,
+        ..TreeParams::default()
+    };
+    let fs = random_tree::<Sha256Digest>(seed, &params);
+    let dir = std::env::var("CFS_DUMP_DIR").unwrap();
+    std::fs::write(format!("{dir}/ours.img"), mkfs(&fs, version).unwrap()).unwrap();
+    let validated = ValidatedFileSystem::new(to_reference(&fs)).unwrap();
+    std::fs::write(
+        format!("{dir}/theirs.img"),
+        mkfs_erofs_versioned(&validated, ref_version(version)),
+    )
+    .unwrap();
+    let mut dump = Vec::new();
+    composefs::dumpfile::write_dumpfile(&mut dump, &to_reference(&fs)).unwrap();
+    std::fs::write(format!("{dir}/tree.dump"), dump).unwrap();
+}
