@@ -1,0 +1,89 @@
+//! Command-line arguments, grouped by noun (`image ...`, `repo ...`).
+
+use std::path::PathBuf;
+
+use cfs_erofs::format::FormatVersion;
+use cfs_erofs::transform::XattrFilter;
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Deploy image-based operating systems on composefs.
+#[derive(Debug, Parser)]
+#[command(name = "cfs-deploy", version, about)]
+pub struct Args {
+    /// fs-verity hash for digests computed without a repository.
+    #[arg(long, global = true, value_enum, default_value_t = Hash::Sha512)]
+    pub hash: Hash,
+    /// EROFS format version of images written without a repository.
+    #[arg(long, global = true, value_parser = parse_version, default_value = "1")]
+    pub erofs_version: FormatVersion,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The hash algorithm of fs-verity digests.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Hash {
+    /// SHA-256.
+    Sha256,
+    /// SHA-512.
+    Sha512,
+}
+
+fn parse_version(text: &str) -> Result<FormatVersion, String> {
+    text.parse()
+        .ok()
+        .and_then(FormatVersion::from_number)
+        .ok_or_else(|| format!("{text:?} is not an EROFS format version (0, 1 or 2)"))
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Work with composefs images.
+    #[command(subcommand)]
+    Image(ImageCommand),
+}
+
+/// How a directory becomes a tree, as `cfsctl` reads one.
+#[derive(Debug, clap::Args)]
+pub struct TreeOptions {
+    /// Apply the boot transform: empty /boot and /sysroot, SELinux labels
+    /// from the tree's own policy.
+    #[arg(long)]
+    pub bootable: bool,
+    /// Keep the root's own metadata instead of copying /usr's (skips the
+    /// whole OCI transform, as cfsctl does).
+    #[arg(long)]
+    pub no_propagate_usr_to_root: bool,
+    /// Which xattrs the OCI transform keeps.
+    #[arg(long, default_value_t = XattrFilter::AllowlistOnly)]
+    pub xattrs: XattrFilter,
+}
+
+/// `image` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Print the image id (fs-verity digest of the EROFS image) of a
+    /// directory, as `cfsctl compute-id` does.
+    ComputeId {
+        /// The directory.
+        path: PathBuf,
+        #[command(flatten)]
+        tree: TreeOptions,
+    },
+    /// Write the EROFS image of a directory or a dumpfile.
+    Mkfs {
+        /// A directory, or a composefs dumpfile.
+        source: PathBuf,
+        /// Where to write the image.
+        output: PathBuf,
+        #[command(flatten)]
+        tree: TreeOptions,
+    },
+    /// Print an image as a composefs dumpfile.
+    Dump {
+        /// The EROFS image.
+        image: PathBuf,
+    },
+}

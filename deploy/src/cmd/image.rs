@@ -1,0 +1,73 @@
+//! `cfs-deploy image ...`: images of directories and dumpfiles.
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use cap_std::ambient_authority;
+use cap_std::fs::Dir;
+use cfs_erofs::digest::FsVerityDigest;
+use cfs_erofs::format::FormatVersion;
+use cfs_erofs::fsverity::FsVerityHasher;
+use cfs_erofs::tree::FileSystem;
+use cfs_erofs::{dumpfile, reader, scan, transform, writer};
+
+use crate::cli::{ImageCommand, TreeOptions};
+
+pub fn run<H: FsVerityDigest>(command: ImageCommand, version: FormatVersion) -> Result<()> {
+    match command {
+        ImageCommand::ComputeId { path, tree } => {
+            let fs = tree_of_dir::<H>(&path, &tree)?;
+            let image = writer::mkfs(&fs, version).context("writing the image")?;
+            println!("{}", FsVerityHasher::<H>::digest(&image).to_hex());
+        }
+        ImageCommand::Mkfs {
+            source,
+            output,
+            tree,
+        } => {
+            let fs = if source.is_dir() {
+                tree_of_dir::<H>(&source, &tree)?
+            } else {
+                if tree.bootable {
+                    bail!("--bootable needs a directory: a dumpfile already describes the final image");
+                }
+                let text = std::fs::read(&source)
+                    .with_context(|| format!("reading dumpfile {}", source.display()))?;
+                dumpfile::parse_dumpfile::<H>(&text)
+                    .with_context(|| format!("parsing dumpfile {}", source.display()))?
+            };
+            let image = writer::mkfs(&fs, version).context("writing the image")?;
+            std::fs::write(&output, &image)
+                .with_context(|| format!("writing {}", output.display()))?;
+            println!("{}", FsVerityHasher::<H>::digest(&image).to_hex());
+        }
+        ImageCommand::Dump { image } => {
+            let bytes =
+                std::fs::read(&image).with_context(|| format!("reading {}", image.display()))?;
+            let parsed = reader::read_image::<H>(&bytes)
+                .with_context(|| format!("reading image {}", image.display()))?;
+            let mut stdout = std::io::stdout().lock();
+            dumpfile::write_dumpfile(&mut stdout, &parsed.fs)?;
+            stdout.flush()?;
+        }
+    }
+    Ok(())
+}
+
+/// Reads a directory the way `cfsctl` does for the same options.
+fn tree_of_dir<H: FsVerityDigest>(path: &Path, options: &TreeOptions) -> Result<FileSystem<H>> {
+    let dir = Dir::open_ambient_dir(path, ambient_authority())
+        .with_context(|| format!("opening directory {}", path.display()))?;
+    let mut fs = scan::scan_dir::<H>(&dir, &scan::HashOnly)
+        .with_context(|| format!("reading {}", path.display()))?;
+    if !options.no_propagate_usr_to_root {
+        transform::transform_for_oci(&mut fs, options.xattrs)
+            .with_context(|| format!("applying the OCI transform to {}", path.display()))?;
+    }
+    if options.bootable {
+        cfs_boot::transform_for_boot(&mut fs, &cfs_boot::DirSource::new(&dir))
+            .with_context(|| format!("applying the boot transform to {}", path.display()))?;
+    }
+    Ok(fs)
+}
