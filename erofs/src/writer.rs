@@ -155,15 +155,12 @@ impl Xattr {
 
     /// The C tool's order: full name bytes, then value length, then value.
     fn cmp_c(&self, other: &Self) -> Ordering {
-        let key = |x: &Self| {
-            format::XATTR_PREFIXES[usize::from(x.prefix)]
-                .iter()
-                .chain(x.suffix.iter())
-                .copied()
-                .collect::<Vec<u8>>()
-        };
-        key(self)
-            .cmp(&key(other))
+        fn name(x: &Xattr) -> impl Iterator<Item = u8> + '_ {
+            let prefix = format::XATTR_PREFIXES[usize::from(x.prefix)];
+            prefix.iter().chain(x.suffix.iter()).copied()
+        }
+        name(self)
+            .cmp(name(other))
             .then(self.value.len().cmp(&other.value.len()))
             .then_with(|| self.value.cmp(&other.value))
     }

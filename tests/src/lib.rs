@@ -288,3 +288,92 @@ pub fn random_tree<H: FsVerityDigest>(seed: u64, params: &TreeParams) -> FileSys
     fs.compact();
     fs
 }
+
+/// A tree shaped like an OS root filesystem: `files` files spread over
+/// directories of about 20 entries, mostly external (over 64 bytes), some
+/// small inline ones, symlinks, a few hardlinks and SELinux-style xattrs.
+pub fn rootfs_like_tree<H: FsVerityDigest>(files: usize, seed: u64) -> FileSystem<H> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mtime = Mtime {
+        sec: 1_700_000_000,
+        nsec: 0,
+    };
+    let stat = |mode: u32, label: bool| Stat {
+        mode: Mode::new(mode),
+        uid: 0,
+        gid: 0,
+        mtime,
+        xattrs: if label {
+            [(
+                Box::from(&b"security.selinux"[..]),
+                Box::from(&b"system_u:object_r:usr_t:s0\0"[..]),
+            )]
+            .into_iter()
+            .collect()
+        } else {
+            Xattrs::new()
+        },
+    };
+    let mut fs = FileSystem::new(stat(0o755, false));
+    let mut dirs: Vec<Vec<u8>> = Vec::new();
+    let mut made = 0;
+    let mut dir_index = 0;
+    while made < files {
+        let mut dir = Directory::new(stat(0o755, false));
+        for i in 0..20.min(files - made) {
+            let content = match rng.random_range(0..10) {
+                0 => LeafContent::Regular(RegularFile::Inline(
+                    (0..rng.random_range(0..=64))
+                        .map(|_| rng.random())
+                        .collect(),
+                )),
+                1 => LeafContent::Symlink(format!("../lib/target-{i}").into_bytes().into()),
+                _ => {
+                    let bytes: Vec<u8> = (0..H::ALGORITHM.digest_len())
+                        .map(|_| rng.random())
+                        .collect();
+                    LeafContent::Regular(RegularFile::External {
+                        digest: H::from_slice(&bytes).expect("right length"),
+                        size: rng.random_range(65..200_000),
+                    })
+                }
+            };
+            let id = fs.push_leaf(Leaf {
+                stat: stat(0o644, rng.random_bool(0.5)),
+                content,
+            });
+            let name = FileName::new(format!("file-{i:03}.so").as_bytes()).expect("valid");
+            dir.entries.insert(name.clone(), Inode::Leaf(id));
+            if rng.random_bool(0.01) {
+                let link = FileName::new(format!("link-{i:03}").as_bytes()).expect("valid");
+                dir.entries.insert(link, Inode::Leaf(id));
+            }
+            made += 1;
+        }
+        let name = format!("dir-{dir_index:05}").into_bytes();
+        dirs.push(name.clone());
+        // Two levels: /usr/NN/dir-xxxxx
+        let usr = fs
+            .root
+            .entries
+            .entry(FileName::new(b"usr").expect("valid"))
+            .or_insert_with(|| Inode::Directory(Box::new(Directory::new(stat(0o755, false)))));
+        let Inode::Directory(usr) = usr else {
+            unreachable!("usr is created as a directory")
+        };
+        let group = FileName::new(format!("{:02}", dir_index % 50).as_bytes()).expect("valid");
+        let group = usr
+            .entries
+            .entry(group)
+            .or_insert_with(|| Inode::Directory(Box::new(Directory::new(stat(0o755, false)))));
+        let Inode::Directory(group) = group else {
+            unreachable!("groups are created as directories")
+        };
+        group.entries.insert(
+            FileName::new(&name).expect("valid"),
+            Inode::Directory(Box::new(dir)),
+        );
+        dir_index += 1;
+    }
+    fs
+}
