@@ -5,17 +5,13 @@ mod reference;
 
 use reference::{ref_version, to_reference, Pair};
 
-use std::ffi::OsStr;
-use std::os::unix::ffi::OsStrExt;
 
-use cfs_erofs::digest::{FsVerityDigest, Sha256Digest, Sha512Digest};
+use cfs_erofs::digest::{Sha256Digest, Sha512Digest};
 use cfs_erofs::format::FormatVersion;
 use cfs_erofs::tree::FileSystem;
 use cfs_erofs::writer::mkfs;
 use cfs_tests::{random_tree, TreeParams};
-use composefs::erofs::format::FormatVersion as RefVersion;
 use composefs::erofs::writer::{mkfs_erofs_versioned, ValidatedFileSystem};
-use composefs::fsverity::{FsVerityHashValue, Sha256HashValue, Sha512HashValue};
 
 /// Compares both writers on `fs`; returns a description of the first
 /// difference.
