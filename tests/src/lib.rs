@@ -4,6 +4,8 @@
 //! Trees are generated in our model and converted to the reference's by
 //! the oracle tests, so the same random input feeds both writers.
 
+pub mod ondisk;
+
 use cfs_erofs::digest::FsVerityDigest;
 use cfs_erofs::tree::{
     Directory, FileName, FileSystem, Inode, Leaf, LeafContent, LeafId, Mode, Mtime, RegularFile,
