@@ -45,3 +45,5 @@ fuzz secs="60":
 [group('bench')]
 bench:
     cargo bench -p cfs-tests --bench mkfs
+    cargo build --release -p cfs-deploy
+    scripts/bench-import.sh target/release/cfs-deploy

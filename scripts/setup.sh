@@ -6,7 +6,7 @@
 set -eu
 
 APT_PACKAGES="erofs-utils fsverity policycoreutils selinux-policy-default \
-mmdebstrap util-linux e2fsprogs"
+mmdebstrap util-linux e2fsprogs time"
 CFSCTL_VERSION=0.9.4
 
 run_root() {
