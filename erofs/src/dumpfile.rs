@@ -1,1 +1,0 @@
-//! dumpfile (being written).
