@@ -1136,4 +1136,259 @@ mod tests {
         let reread = read_image::<Sha256Digest>(&again).expect("what we wrote can be read");
         assert!(reread.fs == read.fs, "tree changed after a rewrite");
     }
+
+    /// The header and name offsets of entry `name` in directory `dir`.
+    fn dirent_at(image: &[u8], dir: u64, name: &[u8]) -> (usize, usize) {
+        let reader = Reader::<Sha256Digest>::new(image).expect("valid image");
+        let inode = reader.inode(dir).expect("valid inode");
+        let u16_at = |b: &[u8], at: usize| usize::from(u16::from_le_bytes([b[at], b[at + 1]]));
+        for block in inode.chunks() {
+            let base = block.as_ptr() as usize - image.as_ptr() as usize;
+            let count = u16_at(block, 8) / DIRENT;
+            for i in 0..count {
+                let start = u16_at(block, i * DIRENT + 8);
+                let end = if i + 1 < count {
+                    u16_at(block, (i + 1) * DIRENT + 8)
+                } else {
+                    block.len()
+                };
+                let found = &block[start..end];
+                let found = &found[..found.iter().position(|&b| b == 0).unwrap_or(found.len())];
+                if found == name {
+                    return (base + i * DIRENT, base + start);
+                }
+            }
+        }
+        panic!("no entry {name:?}");
+    }
+
+    const DIRENT: usize = 12;
+    const ROOT_NID_AT: usize = format::SUPERBLOCK_OFFSET + 14;
+    const BLOCKS_AT: usize = format::SUPERBLOCK_OFFSET + 36;
+
+    fn u64_at(image: &[u8], at: usize) -> u64 {
+        u64::from_le_bytes(image[at..at + 8].try_into().expect("8 bytes"))
+    }
+
+    fn root_nid(image: &[u8]) -> u64 {
+        u16::from_le_bytes([image[ROOT_NID_AT], image[ROOT_NID_AT + 1]]).into()
+    }
+
+    /// root { a/ { b/ }, c/, f, g }, with the nids of `a`.
+    fn small_tree() -> FileSystem<Sha256Digest> {
+        let mut fs = FileSystem::new(stat(0o755));
+        let mut a = Directory::new(stat(0o755));
+        a.entries.insert(
+            name(b"b"),
+            Inode::Directory(Box::new(Directory::new(stat(0o755)))),
+        );
+        fs.root
+            .entries
+            .insert(name(b"a"), Inode::Directory(Box::new(a)));
+        fs.root.entries.insert(
+            name(b"c"),
+            Inode::Directory(Box::new(Directory::new(stat(0o755)))),
+        );
+        for n in [&b"f"[..], b"g"] {
+            let id = fs.push_leaf(Leaf {
+                stat: stat(0o644),
+                content: LeafContent::Regular(RegularFile::Inline((*b"data").into())),
+            });
+            fs.root.entries.insert(name(n), Inode::Leaf(id));
+        }
+        fs
+    }
+
+    /// Writes `fs`, applies `patch` and reads the result, which must fail.
+    fn corrupted(
+        fs: &FileSystem<Sha256Digest>,
+        version: FormatVersion,
+        patch: impl FnOnce(&mut Vec<u8>),
+    ) -> ReadError {
+        let mut image = mkfs(fs, version).expect("writable");
+        patch(&mut image);
+        read_image::<Sha256Digest>(&image).expect_err("corrupted image must be refused")
+    }
+
+    #[test]
+    fn refuses_bad_structure() {
+        let fs = small_tree();
+        for version in FormatVersion::ALL {
+            // A directory linked twice: `c` names `a`, or `b` names the root.
+            let err = corrupted(&fs, version, |image| {
+                let root = root_nid(image);
+                let a = u64_at(image, dirent_at(image, root, b"a").0);
+                let c = dirent_at(image, root, b"c").0;
+                image[c..c + 8].copy_from_slice(&a.to_le_bytes());
+            });
+            assert!(
+                matches!(err, ReadError::DirectoryLinkedTwice { .. }),
+                "{err}"
+            );
+            let err = corrupted(&fs, version, |image| {
+                let root = root_nid(image);
+                let a = u64_at(image, dirent_at(image, root, b"a").0);
+                let b = dirent_at(image, a, b"b").0;
+                image[b..b + 8].copy_from_slice(&root.to_le_bytes());
+            });
+            assert!(
+                matches!(err, ReadError::DirectoryLinkedTwice { .. }),
+                "{err}"
+            );
+            // `.` and `..` naming the wrong directory.
+            for (entry, target) in [(&b"."[..], b"c"), (b"..", b"c")] {
+                let err = corrupted(&fs, version, |image| {
+                    let root = root_nid(image);
+                    let a = u64_at(image, dirent_at(image, root, b"a").0);
+                    let c = u64_at(image, dirent_at(image, root, target).0);
+                    let at = dirent_at(image, a, entry).0;
+                    image[at..at + 8].copy_from_slice(&c.to_le_bytes());
+                });
+                assert!(
+                    matches!(&err, ReadError::Directory { what, .. } if what.contains("names inode")),
+                    "{err}"
+                );
+            }
+            // Names out of order, repeated, or holding a slash.
+            for (new, what) in [(b'e', "out of order"), (b'f', "repeated")] {
+                let err = corrupted(&fs, version, |image| {
+                    let at = dirent_at(image, root_nid(image), b"g").1;
+                    image[at] = new;
+                });
+                assert!(err.to_string().contains(what), "{err}");
+            }
+            let err = corrupted(&fs, version, |image| {
+                let root = root_nid(image);
+                let a = u64_at(image, dirent_at(image, root, b"a").0);
+                let at = dirent_at(image, a, b"b").1;
+                image[at] = b'/';
+            });
+            assert!(matches!(err, ReadError::Name { .. }), "{err}");
+            // A dirent whose type disagrees with its inode.
+            let err = corrupted(&fs, version, |image| {
+                let at = dirent_at(image, root_nid(image), b"f").0;
+                image[at + 10] = format::file_type::SYMLINK;
+            });
+            assert!(err.to_string().contains("wrong file type"), "{err}");
+            // Two entries naming one file that counts one link.
+            let err = corrupted(&fs, version, |image| {
+                let root = root_nid(image);
+                let f = u64_at(image, dirent_at(image, root, b"f").0);
+                let g = dirent_at(image, root, b"g").0;
+                image[g..g + 8].copy_from_slice(&f.to_le_bytes());
+            });
+            assert!(
+                matches!(
+                    err,
+                    ReadError::Nlink {
+                        stored: 1,
+                        found: 2,
+                        ..
+                    }
+                ),
+                "{err}"
+            );
+            // A nid inside the superblock, and one beyond the image.
+            for nid in [3u64, 1 << 40] {
+                let err = corrupted(&fs, version, |image| {
+                    let at = dirent_at(image, root_nid(image), b"f").0;
+                    image[at..at + 8].copy_from_slice(&nid.to_le_bytes());
+                });
+                assert!(
+                    matches!(err, ReadError::Inode { .. } | ReadError::OutOfBounds { .. }),
+                    "{err}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn refuses_bad_headers() {
+        let fs = small_tree();
+        let image = mkfs(&fs, FormatVersion::V1).expect("writable");
+        let read = |image: &[u8]| read_image::<Sha256Digest>(image).expect_err("refused");
+        assert!(matches!(read(&image[..1100]), ReadError::TooShort(1100)));
+        assert!(matches!(
+            read(&image[..4096 + 512]),
+            ReadError::Length { .. }
+        ));
+        let mut bad = image.clone();
+        bad[0] ^= 1;
+        assert!(matches!(
+            read(&bad),
+            ReadError::Magic {
+                what: "composefs",
+                ..
+            }
+        ));
+        let mut bad = image.clone();
+        bad[12] = 3;
+        assert!(matches!(read(&bad), ReadError::Unsupported { .. }));
+        let mut bad = image.clone();
+        bad[BLOCKS_AT] += 1;
+        assert!(matches!(read(&bad), ReadError::Length { .. }));
+        let mut bad = image.clone();
+        bad[format::SUPERBLOCK_OFFSET + 16] += 1;
+        assert!(matches!(read(&bad), ReadError::InodeCount { .. }));
+        let mut bad = image;
+        bad[ROOT_NID_AT] += 1;
+        assert!(read_image::<Sha256Digest>(&bad).is_err());
+    }
+
+    #[test]
+    fn refuses_bad_external_files() {
+        let mut fs = FileSystem::<Sha256Digest>::new(stat(0o755));
+        let digest = Sha256Digest::from_slice(&[0x5a; 32]).expect("length");
+        let id = fs.push_leaf(Leaf {
+            stat: stat(0o644),
+            content: LeafContent::Regular(RegularFile::External {
+                digest,
+                size: 1 << 20,
+            }),
+        });
+        fs.root.entries.insert(name(b"ext"), Inode::Leaf(id));
+        let image = mkfs(&fs, FormatVersion::V1).expect("writable");
+        let find = |needle: &[u8]| {
+            image
+                .windows(needle.len())
+                .position(|w| w == needle)
+                .expect("present")
+        };
+        let metacopy = find(&[0, 36, 0, 1, 0x5a, 0x5a]);
+        let redirect = find(b"/5a/5a5a");
+        for (at, value, what) in [
+            (metacopy, 1, "digest record"),
+            (metacopy + 1, 35, "digest record"),
+            (metacopy + 3, 2, "digest record"),
+            (redirect + 1, b'6', "does not name"),
+        ] {
+            let mut bad = image.clone();
+            bad[at] = value;
+            let err = read_image::<Sha256Digest>(&bad).expect_err("refused");
+            assert!(err.to_string().contains(what), "{err}");
+        }
+    }
+
+    #[test]
+    fn budget_stops_shared_xattr_amplification() {
+        // One 60 KiB xattr shared by 600 files is stored once but would be
+        // copied 600 times: more than the image can legitimately decode to.
+        let mut fs = FileSystem::<Sha256Digest>::new(stat(0o755));
+        let big = with_xattrs(stat(0o644), &[(b"user.big", &[7u8; 60_000])]);
+        for i in 0..600 {
+            let id = fs.push_leaf(Leaf {
+                stat: big.clone(),
+                content: LeafContent::Fifo,
+            });
+            fs.root
+                .entries
+                .insert(name(format!("{i}").as_bytes()), Inode::Leaf(id));
+        }
+        let image = mkfs(&fs, FormatVersion::V2).expect("writable");
+        let err = read_image::<Sha256Digest>(&image).expect_err("over budget");
+        assert!(
+            matches!(err, ReadError::TooMuch { what: "bytes", .. }),
+            "{err}"
+        );
+    }
 }

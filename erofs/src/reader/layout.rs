@@ -1,9 +1,9 @@
 //! The image as EROFS lays it out: the header and superblock, inodes
 //! located and bounds-checked, directory blocks split into entries.
 
-use zerocopy::FromBytes;
-
 use std::collections::{HashMap, HashSet};
+
+use zerocopy::FromBytes;
 
 use super::{ReadError, Reader, BUDGET_BASE, BUDGET_PER_IMAGE_BYTE};
 use crate::digest::FsVerityDigest;
