@@ -16,29 +16,32 @@
 //! - the **last** matching line wins, counting in file order across
 //!   `file_contexts`, `.local`, `.homedirs` (libselinux instead prefers
 //!   regex-free lines and loads `.local` last);
-//! - regexes are byte-oriented with Unicode off and `.` matching any byte
-//!   except NUL (which never occurs in a path), as composefs-rs configures
-//!   its DFA; constructs that composefs-rs hands to PCRE2 instead
-//!   (lookaround, backreferences, atomic groups, possessive quantifiers)
-//!   are refused here rather than given different semantics;
+//! - all patterns go into one lazy DFA (`regex-automata`, the engine of
+//!   the `regex` crate, configured as composefs-rs configures it: bytes,
+//!   Unicode off, `.` matching any byte but NUL), searched anchored with
+//!   leftmost-first priority over the lines in reverse, so the answer is
+//!   the last line with a match; constructs its syntax rejects and
+//!   composefs-rs hands to PCRE2 instead (lookaround, backreferences,
+//!   atomic groups, possessive quantifiers) are refused here rather than
+//!   given different semantics;
 //! - substitutions (`.subs`, then `.subs_dist`, later lines winning) map a
 //!   whole path to another, byte for byte; see [`Policy::substitute`].
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Mutex;
 
-use regex::bytes::{RegexBuilder, RegexSet, RegexSetBuilder};
+use regex_automata::hybrid::dfa::{Builder, Cache, Config, DFA};
+use regex_automata::hybrid::BuildError;
+use regex_automata::util::syntax;
+use regex_automata::{Anchored, Input, MatchError};
 
 /// The context string that means "no label at all".
 const NO_LABEL: &str = "<<none>>";
 
-/// Memory the compiled patterns may take. composefs-rs sets no limit; the
-/// regex crate's default (10 MiB) is too small for a full distribution
-/// policy, so this is set high enough never to refuse a real one.
-const REGEX_SIZE_LIMIT: usize = 1 << 30;
-
 /// Cache for the lazy DFA that matches all patterns at once; composefs-rs
-/// uses the same capacity.
+/// uses the same capacity and, like it, we never let the DFA give up and
+/// fall back to a slower engine.
 const DFA_CACHE_SIZE: usize = 10_000_000;
 
 /// The kind of file a path names, as spec lines qualify it (`-d`, `--`...).
@@ -145,16 +148,26 @@ pub enum PolicyError {
         regex: String,
         /// The engine's complaint.
         #[source]
-        source: regex::Error,
+        source: Box<BuildError>,
     },
-    /// Every regex compiles alone but not all together (too large).
+    /// Every regex compiles alone but not all together.
     #[error("the {count} path regexes do not compile together: {source}")]
-    RegexSet {
+    Patterns {
         /// Number of spec lines.
         count: usize,
         /// The engine's complaint.
         #[source]
-        source: regex::Error,
+        source: Box<BuildError>,
+    },
+    /// The matcher could not decide on a path (only possible with
+    /// constructs such as a Unicode word boundary on non-ASCII bytes).
+    #[error("matching {path:?} against the path regexes failed: {source}")]
+    Search {
+        /// The path, lossily as text.
+        path: String,
+        /// The engine's complaint.
+        #[source]
+        source: MatchError,
     },
 }
 
@@ -264,11 +277,7 @@ impl PolicyBuilder {
             if let Some(extra) = fields.next() {
                 return Err(syntax(line, LineProblem::TrailingData(extra.to_owned())));
             }
-            // The outer group re-anchors every top-level alternative of a
-            // regex with unbalanced-looking groups (`a)|(b`), as the
-            // reference's anchored search does.
-            self.patterns
-                .push(format!("^(?:^({regex}){type_matcher}$)"));
+            self.patterns.push(format!("^({regex}){type_matcher}$"));
             self.written.push(regex.to_owned());
             self.contexts.push(context.into());
             self.origins.push(Origin { file, line });
@@ -305,59 +314,70 @@ impl PolicyBuilder {
         Ok(())
     }
 
-    fn builder_for<'a>(patterns: impl IntoIterator<Item = &'a String>) -> RegexSetBuilder {
-        let mut builder = RegexSetBuilder::new(patterns);
+    fn dfa_builder() -> Builder {
+        let mut builder = Builder::new();
         builder
-            .unicode(false)
-            .line_terminator(0)
-            .size_limit(REGEX_SIZE_LIMIT)
-            .dfa_size_limit(DFA_CACHE_SIZE);
+            .syntax(
+                syntax::Config::new()
+                    .unicode(false)
+                    .utf8(false)
+                    .line_terminator(0),
+            )
+            .configure(
+                Config::new()
+                    .cache_capacity(DFA_CACHE_SIZE)
+                    .skip_cache_capacity_check(true),
+            );
         builder
     }
 
     /// Compiles every spec line into one matcher.
     pub fn build(self) -> Result<Policy, PolicyError> {
-        let matcher = match Self::builder_for(&self.patterns).build() {
-            Ok(set) => set,
+        // Leftmost-first prefers the lowest pattern id; the last line must
+        // win, so the lines go in backwards.
+        let reversed: Vec<&str> = self.patterns.iter().rev().map(String::as_str).collect();
+        let dfa = match Self::dfa_builder().build_many(&reversed) {
+            Ok(dfa) => dfa,
             Err(source) => return Err(self.explain(source)),
         };
+        let cache = Mutex::new(dfa.create_cache());
         Ok(Policy {
-            matcher,
+            dfa,
+            cache,
             contexts: self.contexts,
             aliases: self.aliases,
         })
     }
 
     /// Finds the line whose regex does not compile, so the error can name
-    /// it; falls back to the set's own error.
-    fn explain(&self, set_error: regex::Error) -> PolicyError {
+    /// it; falls back to the combined build's own error.
+    fn explain(&self, combined: BuildError) -> PolicyError {
+        let builder = Self::dfa_builder();
         for (index, pattern) in self.patterns.iter().enumerate() {
-            let single = RegexBuilder::new(pattern)
-                .unicode(false)
-                .line_terminator(0)
-                .size_limit(REGEX_SIZE_LIMIT)
-                .build();
-            if let Err(source) = single {
+            if let Err(source) = builder.build(pattern) {
                 let origin = self.origins[index];
                 return PolicyError::Regex {
                     file: self.files[origin.file].clone(),
                     line: origin.line,
                     regex: self.written[index].clone(),
-                    source,
+                    source: Box::new(source),
                 };
             }
         }
-        PolicyError::RegexSet {
+        PolicyError::Patterns {
             count: self.patterns.len(),
-            source: set_error,
+            source: Box::new(combined),
         }
     }
 }
 
 /// A compiled file-context policy.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Policy {
-    matcher: RegexSet,
+    dfa: DFA,
+    /// The lazy DFA's states, built as paths are looked up.
+    cache: Mutex<Cache>,
+    /// Context per line, in file order.
     contexts: Vec<Box<str>>,
     aliases: HashMap<Box<[u8]>, Box<[u8]>>,
 }
@@ -386,17 +406,32 @@ impl<'a> Label<'a> {
 impl Policy {
     /// The label for `path` (absolute, as bytes) of kind `kind`: the context
     /// of the last spec line that matches.
-    pub fn lookup(&self, path: &[u8], kind: FileKind) -> Label<'_> {
+    pub fn lookup(&self, path: &[u8], kind: FileKind) -> Result<Label<'_>, PolicyError> {
         let mut key = Vec::with_capacity(path.len() + 1);
         key.extend_from_slice(path);
         key.push(kind.code());
-        match self.matcher.matches(&key).iter().next_back() {
+        let input = Input::new(&key).anchored(Anchored::Yes);
+        let found = {
+            // A panic elsewhere while holding the lock leaves a cache that
+            // is merely stale; reset it rather than give up.
+            let mut cache = self.cache.lock().unwrap_or_else(|poisoned| {
+                let mut cache = poisoned.into_inner();
+                cache.reset(&self.dfa);
+                cache
+            });
+            self.dfa.try_search_fwd(&mut cache, &input)
+        };
+        let found = found.map_err(|source| PolicyError::Search {
+            path: String::from_utf8_lossy(path).into_owned(),
+            source,
+        })?;
+        // Pattern ids count the lines from the last one.
+        let line = found.and_then(|m| self.contexts.len().checked_sub(1 + m.pattern().as_usize()));
+        Ok(match line.map(|index| &*self.contexts[index]) {
             None => Label::NoMatch,
-            Some(index) => match &*self.contexts[index] {
-                NO_LABEL => Label::Unlabelled,
-                context => Label::Context(context),
-            },
-        }
+            Some(NO_LABEL) => Label::Unlabelled,
+            Some(context) => Label::Context(context),
+        })
     }
 
     /// The path to label `path` as, if a substitution names exactly this
@@ -432,7 +467,7 @@ mod tests {
     }
 
     fn context<'a>(policy: &'a Policy, path: &str, kind: FileKind) -> Option<&'a str> {
-        policy.lookup(path.as_bytes(), kind).context()
+        policy.lookup(path.as_bytes(), kind).unwrap().context()
     }
 
     #[test]
@@ -453,7 +488,10 @@ mod tests {
             context(&p, "/usr/lib", FileKind::Directory),
             Some("u:r:usr_t:s0")
         );
-        assert_eq!(p.lookup(b"/etc", FileKind::Directory), Label::NoMatch);
+        assert_eq!(
+            p.lookup(b"/etc", FileKind::Directory).unwrap(),
+            Label::NoMatch
+        );
         assert_eq!(p.len(), 3);
     }
 
@@ -499,14 +537,20 @@ mod tests {
              /tmp/keep  --  u:r:keep_t:s0\n",
             "",
         );
-        assert_eq!(p.lookup(b"/tmp/x", FileKind::Regular), Label::Unlabelled);
-        assert_eq!(p.lookup(b"/tmp", FileKind::Directory), Label::Unlabelled);
+        assert_eq!(
+            p.lookup(b"/tmp/x", FileKind::Regular).unwrap(),
+            Label::Unlabelled
+        );
+        assert_eq!(
+            p.lookup(b"/tmp", FileKind::Directory).unwrap(),
+            Label::Unlabelled
+        );
         assert_eq!(
             context(&p, "/tmp/keep", FileKind::Regular),
             Some("u:r:keep_t:s0")
         );
         assert_eq!(
-            p.lookup(b"/tmp/keep", FileKind::Directory),
+            p.lookup(b"/tmp/keep", FileKind::Directory).unwrap(),
             Label::Unlabelled
         );
         assert_eq!(
@@ -530,7 +574,9 @@ mod tests {
             Some("u:r:dot_t:s0")
         );
         assert_eq!(
-            p.lookup(b"/b/\xff\xfe", FileKind::Regular).context(),
+            p.lookup(b"/b/\xff\xfe", FileKind::Regular)
+                .unwrap()
+                .context(),
             Some("u:r:class_t:s0")
         );
         // `\w` is ASCII only.

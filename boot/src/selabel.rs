@@ -336,41 +336,38 @@ impl<'a, H: Clone> Labeller<'a, H> {
     /// everything below it. `path` is extended and shortened again for
     /// each entry, the way a `PathBuf` walk does it, because the exact
     /// bytes matched depend on it when a substitution ends in `/`.
-    fn directory(&mut self, dir: &mut Directory, path: &mut PathBuf) {
+    fn directory(&mut self, dir: &mut Directory, path: &mut PathBuf) -> Result<(), PolicyError> {
         let policy = self.policy;
-        set_label(
-            &mut dir.stat,
-            policy
-                .lookup(path_bytes(path), FileKind::Directory)
-                .context(),
-        );
+        let label = policy.lookup(path_bytes(path), FileKind::Directory)?;
+        set_label(&mut dir.stat, label.context());
         for (name, inode) in &mut dir.entries {
             path.push(bytes_as_path(name.as_bytes()));
             let substituted = policy.substitute(path_bytes(path)).map(bytes_as_path);
             match inode {
                 Inode::Directory(sub) => {
                     let mut sub_path = substituted.unwrap_or(path).to_path_buf();
-                    self.directory(sub, &mut sub_path);
+                    self.directory(sub, &mut sub_path)?;
                 }
                 Inode::Leaf(id) => {
                     let effective = substituted.unwrap_or(path);
-                    *id = self.leaf(*id, path_bytes(effective));
+                    *id = self.leaf(*id, path_bytes(effective))?;
                 }
             }
             path.pop();
         }
+        Ok(())
     }
 
     /// Labels leaf `id` reached at `path`; returns the leaf the entry must
     /// name from now on (a copy if the hardlink had to be broken).
-    fn leaf(&mut self, id: LeafId, path: &[u8]) -> LeafId {
+    fn leaf(&mut self, id: LeafId, path: &[u8]) -> Result<LeafId, PolicyError> {
         let policy: &'a Policy = self.policy;
         let Some(leaf) = self.leaves.get(id.0) else {
             // A dangling reference cannot be labelled; the writer's own
             // validation reports it.
-            return id;
+            return Ok(id);
         };
-        let context = policy.lookup(path, leaf_kind(leaf)).context();
+        let context = policy.lookup(path, leaf_kind(leaf))?.context();
         let target = match self.first_label.get(&id) {
             Some(first) if *first != context => {
                 let copy = leaf.clone();
@@ -383,7 +380,7 @@ impl<'a, H: Clone> Labeller<'a, H> {
             set_label(&mut leaf.stat, context);
         }
         self.first_label.entry(target).or_insert(context);
-        target
+        Ok(target)
     }
 }
 
@@ -413,7 +410,7 @@ pub fn selabel<H: FsVerityDigest>(
         leaves,
         first_label: HashMap::new(),
     };
-    labeller.directory(root, &mut PathBuf::from("/"));
+    labeller.directory(root, &mut PathBuf::from("/"))?;
     Ok(Labelling::Labelled { policy_type })
 }
 
