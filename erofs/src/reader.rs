@@ -415,6 +415,12 @@ impl<'a, H: FsVerityDigest> Reader<'a, H> {
                 LeafContent::CharacterDevice(0)
             }
             mode::S_IFREG if chunked => LeafContent::Regular(self.external(inode, &mut xattrs)?),
+            // The V2 writer stores inline files whole after the inode, so
+            // one with data blocks is not something it could have written,
+            // and could not write back.
+            mode::S_IFREG if self.version == FormatVersion::V2 && !inode.blocks.is_empty() => {
+                return Err(inode.error("V2 inline file with data blocks"));
+            }
             mode::S_IFREG => LeafContent::Regular(RegularFile::Inline(self.data(inode)?)),
             mode::S_IFLNK if chunked => return Err(inode.error("chunk-based symlink")),
             mode::S_IFLNK if inode.size > SYMLINK_MAX as u64 => {
