@@ -9,12 +9,16 @@ if [ -f "$root/.complete" ]; then
     echo "$root"
     exit 0
 fi
-mirror=$(grep -rhoE '^(deb|URIs:)[^#]*https?://[^ ]+' /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null \
-    | grep -oE 'https?://[^ ]+' | head -1)
+# The archive apt itself uses for bookworm's main component.
+mirror=$(apt-get indextargets --format '$(URI)' 'Identifier: Packages' \
+    | sed -n 's|/dists/bookworm/main/.*||p' | head -1)
+[ -n "$mirror" ] || { echo "no bookworm archive among apt's sources" >&2; exit 1; }
 rm -rf "$root"
 mkdir -p "$cache"
 mmdebstrap --quiet --variant=minbase \
     --include=selinux-policy-default,systemd,openssh-client \
     bookworm "$root" "$mirror" >&2
+# Bootable composefs images have a /sysroot to mount the real root on.
+mkdir -p "$root/sysroot"
 touch "$root/.complete"
 echo "$root"

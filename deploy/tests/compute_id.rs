@@ -30,22 +30,38 @@ fn output(cmd: &mut Command) -> String {
         .to_owned()
 }
 
-/// Both tools' digests for `dir` with `flags`; panics naming the flags if
-/// they differ.
-fn compare(cfsctl: &Path, dir: &Path, flags: &[&str]) -> String {
-    let ours = output(Command::new(OURS).args(flags).arg(dir));
-    let theirs = output(Command::new(cfsctl).arg("--no-repo").args(flags).arg(dir));
-    assert_eq!(ours, theirs, "compute-id {flags:?} of {dir:?}");
+/// Both tools' digests for `dir` with `(global, local)` flags; panics
+/// naming the flags if they differ.
+fn compare(cfsctl: &Path, dir: &Path, (global, local): Flags) -> String {
+    let ours = output(
+        Command::new(OURS)
+            .args(global)
+            .args(["image", "compute-id"])
+            .args(local)
+            .arg(dir),
+    );
+    let theirs = output(
+        Command::new(cfsctl)
+            .arg("--no-repo")
+            .args(global)
+            .arg("compute-id")
+            .args(local)
+            .arg(dir),
+    );
+    assert_eq!(ours, theirs, "compute-id {global:?} {local:?} of {dir:?}");
     ours
 }
 
-const FLAG_SETS: [&[&str]; 6] = [
-    &["image", "compute-id"],
-    &["image", "compute-id", "--no-propagate-usr-to-root"],
-    &["image", "compute-id", "--xattrs", "keep-user-xattrs"],
-    &["image", "compute-id", "--bootable"],
-    &["--hash", "sha256", "image", "compute-id", "--bootable"],
-    &["--erofs-version", "2", "image", "compute-id"],
+/// Global options, then compute-id options.
+type Flags = (&'static [&'static str], &'static [&'static str]);
+
+const FLAG_SETS: [Flags; 6] = [
+    (&[], &[]),
+    (&[], &["--no-propagate-usr-to-root"]),
+    (&[], &["--xattrs", "keep-user-xattrs"]),
+    (&[], &["--bootable"]),
+    (&["--hash", "sha256"], &["--bootable"]),
+    (&["--erofs-version", "2"], &[]),
 ];
 
 /// The reference wants /usr (for the /usr-to-root copy) and, for
