@@ -1,5 +1,6 @@
 #!/bin/bash
-# Demo of the image commands on a small sample OS tree built here.
+# Demo of the image and repository commands on a small sample OS tree
+# built here.
 # Usage: scripts/demo.sh PATH-TO-cfs-deploy
 set -euo pipefail
 bin=$(realpath "$1")
@@ -30,3 +31,24 @@ step "Writing the image and reading it back as a dumpfile"
 "$bin" image mkfs "$root" "$work/sample.erofs"
 ls -l "$work/sample.erofs"
 "$bin" image dump "$work/sample.erofs" | cut -c1-120
+
+repo="$work/repo"
+step "A repository (insecure: this kernel may lack fs-verity) and the image stored in it"
+"$bin" --repo "$repo" repo init --insecure
+"$bin" --repo "$repo" image create --name sample "$root"
+"$bin" --repo "$repo" repo ls
+
+if [ "$(id -u)" = 0 ]; then
+    step "Mounting it as composefs does (erofs + overlay over the objects)"
+    mkdir "$work/mnt"
+    "$bin" --repo "$repo" image mount sample "$work/mnt"
+    "$work/mnt/usr/bin/hello"
+    ls -l "$work/mnt/usr/bin"
+    umount "$work/mnt"
+fi
+
+step "Checking the repository, then collecting what no ref keeps"
+"$bin" --repo "$repo" repo fsck
+"$bin" --repo "$repo" image rm sample
+"$bin" --repo "$repo" repo gc
+"$bin" --repo "$repo" repo fsck

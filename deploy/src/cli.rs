@@ -10,7 +10,15 @@ use clap::{Parser, Subcommand, ValueEnum};
 #[derive(Debug, Parser)]
 #[command(name = "cfs-deploy", version, about)]
 pub struct Args {
-    /// fs-verity hash for digests computed without a repository.
+    /// The repository (default: /sysroot/composefs as root, else
+    /// ~/.var/lib/composefs, as cfsctl).
+    #[arg(long, global = true)]
+    pub repo: Option<PathBuf>,
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// fs-verity hash for new repositories and repository-less digests
+    /// (an existing repository's own algorithm always wins).
     #[arg(long, global = true, value_enum, default_value_t = Hash::Sha512)]
     pub hash: Hash,
     /// EROFS format version of images written without a repository.
@@ -43,6 +51,36 @@ pub enum Command {
     /// Work with composefs images.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Work with the repository itself.
+    #[command(subcommand)]
+    Repo(RepoCommand),
+}
+
+/// `repo` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum RepoCommand {
+    /// Create a repository (or confirm one with the same configuration).
+    Init {
+        /// Objects without fs-verity, for filesystems that lack it:
+        /// digests are then checked in userspace where it matters.
+        #[arg(long)]
+        insecure: bool,
+    },
+    /// Remove everything no ref reaches.
+    Gc {
+        /// Only list what would go, and how many bytes.
+        #[arg(long, short = 'n')]
+        dry_run: bool,
+    },
+    /// Check every object, stream, image and ref; exit 1 if anything is
+    /// broken.
+    Fsck {
+        /// Remove corrupt objects, so the next pull fetches them again.
+        #[arg(long)]
+        repair: bool,
+    },
+    /// List image and stream refs.
+    Ls,
 }
 
 /// How a directory becomes a tree, as `cfsctl` reads one.
@@ -85,5 +123,27 @@ pub enum ImageCommand {
     Dump {
         /// The EROFS image.
         image: PathBuf,
+    },
+    /// Store a directory's files as objects and its image under a name.
+    Create {
+        /// The directory.
+        path: PathBuf,
+        /// The image ref to create or replace.
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        tree: TreeOptions,
+    },
+    /// Mount a stored image (by name or digest), read-only.
+    Mount {
+        /// Image ref or hex digest.
+        name: String,
+        /// Where.
+        mountpoint: PathBuf,
+    },
+    /// Remove an image ref; `repo gc` then reclaims what only it kept.
+    Rm {
+        /// The image ref.
+        name: String,
     },
 }

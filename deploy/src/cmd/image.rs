@@ -1,4 +1,5 @@
-//! `cfs-deploy image ...`: images of directories and dumpfiles.
+//! `cfs-deploy image ...`: images of directories and dumpfiles, and images
+//! stored in the repository.
 
 use std::io::Write;
 use std::path::Path;
@@ -7,17 +8,19 @@ use anyhow::{bail, Context, Result};
 use cap_std::ambient_authority;
 use cap_std::fs::Dir;
 use cfs_erofs::digest::FsVerityDigest;
-use cfs_erofs::format::FormatVersion;
 use cfs_erofs::fsverity::FsVerityHasher;
+use cfs_erofs::scan::ContentSink;
 use cfs_erofs::tree::FileSystem;
 use cfs_erofs::{dumpfile, reader, scan, transform, writer};
 
-use crate::cli::{ImageCommand, TreeOptions};
+use super::{open_repo, print_json};
+use crate::cli::{Args, ImageCommand, TreeOptions};
 
-pub fn run<H: FsVerityDigest>(command: ImageCommand, version: FormatVersion) -> Result<()> {
+pub fn run<H: FsVerityDigest>(args: &Args, command: &ImageCommand) -> Result<()> {
+    let version = args.erofs_version;
     match command {
         ImageCommand::ComputeId { path, tree } => {
-            let fs = tree_of_dir::<H>(&path, &tree)?;
+            let fs = tree_of_dir::<H>(path, tree, &scan::HashOnly)?;
             let image = writer::mkfs(&fs, version).context("writing the image")?;
             println!("{}", FsVerityHasher::<H>::digest(&image).to_hex());
         }
@@ -27,46 +30,76 @@ pub fn run<H: FsVerityDigest>(command: ImageCommand, version: FormatVersion) -> 
             tree,
         } => {
             let fs = if source.is_dir() {
-                tree_of_dir::<H>(&source, &tree)?
+                tree_of_dir::<H>(source, tree, &scan::HashOnly)?
             } else {
                 if tree.bootable {
                     bail!("--bootable needs a directory: a dumpfile already describes the final image");
                 }
-                let text = std::fs::read(&source)
+                let text = std::fs::read(source)
                     .with_context(|| format!("reading dumpfile {}", source.display()))?;
                 dumpfile::parse_dumpfile::<H>(&text)
                     .with_context(|| format!("parsing dumpfile {}", source.display()))?
             };
             let image = writer::mkfs(&fs, version).context("writing the image")?;
-            std::fs::write(&output, &image)
+            std::fs::write(output, &image)
                 .with_context(|| format!("writing {}", output.display()))?;
             println!("{}", FsVerityHasher::<H>::digest(&image).to_hex());
         }
         ImageCommand::Dump { image } => {
             let bytes =
-                std::fs::read(&image).with_context(|| format!("reading {}", image.display()))?;
+                std::fs::read(image).with_context(|| format!("reading {}", image.display()))?;
             let parsed = reader::read_image::<H>(&bytes)
                 .with_context(|| format!("reading image {}", image.display()))?;
             let mut stdout = std::io::stdout().lock();
             dumpfile::write_dumpfile(&mut stdout, &parsed.fs)?;
             stdout.flush()?;
         }
+        ImageCommand::Create { path, name, tree } => {
+            let repo = open_repo::<H>(args)?;
+            let fs = tree_of_dir::<H>(path, tree, &repo)?;
+            let image = writer::mkfs(&fs, repo.format()).context("writing the image")?;
+            let digest = repo
+                .write_image(&image, Some(name))
+                .with_context(|| format!("storing image {name}"))?;
+            if args.json {
+                print_json(&serde_json::json!({ "name": name, "digest": digest.to_hex() }))?;
+            } else {
+                println!("{}:{}", H::ALGORITHM, digest.to_hex());
+            }
+        }
+        ImageCommand::Mount { name, mountpoint } => {
+            let repo = open_repo::<H>(args)?;
+            repo.mount_image(name, mountpoint)
+                .with_context(|| format!("mounting image {name} at {}", mountpoint.display()))?;
+        }
+        ImageCommand::Rm { name } => {
+            let repo = open_repo::<H>(args)?;
+            if !repo.remove_image_ref(name)? {
+                bail!("no image named {name:?}");
+            }
+        }
     }
     Ok(())
 }
 
-/// Reads a directory the way `cfsctl` does for the same options.
-fn tree_of_dir<H: FsVerityDigest>(path: &Path, options: &TreeOptions) -> Result<FileSystem<H>> {
+/// Reads a directory the way `cfsctl` does for the same options, handing
+/// large files to `sink`.
+fn tree_of_dir<H: FsVerityDigest>(
+    path: &Path,
+    options: &TreeOptions,
+    sink: &impl ContentSink<H>,
+) -> Result<FileSystem<H>> {
     let dir = Dir::open_ambient_dir(path, ambient_authority())
         .with_context(|| format!("opening directory {}", path.display()))?;
-    let mut fs = scan::scan_dir::<H>(&dir, &scan::HashOnly)
-        .with_context(|| format!("reading {}", path.display()))?;
+    let mut fs =
+        scan::scan_dir::<H>(&dir, sink).with_context(|| format!("reading {}", path.display()))?;
     if !options.no_propagate_usr_to_root {
         transform::transform_for_oci(&mut fs, options.xattrs)
             .with_context(|| format!("applying the OCI transform to {}", path.display()))?;
     }
     if options.bootable {
-        cfs_boot::transform_for_boot(&mut fs, &cfs_boot::DirSource::new(&dir))
+        let policy = cfs_boot::DirectorySource::new(dir.try_clone()?);
+        cfs_boot::transform_for_boot(&mut fs, &policy)
             .with_context(|| format!("applying the boot transform to {}", path.display()))?;
     }
     Ok(fs)
