@@ -3,7 +3,7 @@
 //!
 //! Objects are checked in parallel, one worker per core, each taking whole
 //! `objects/XX` directories. `repair` removes corrupt objects so that the
-//! next pull fetches them again.
+//! next pull fetches them again, and reports what now misses them.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -85,10 +85,27 @@ impl FsckReport {
 }
 
 impl<H: FsVerityDigest> Repository<H> {
-    /// Checks the whole repository; with `repair`, removes corrupt objects.
+    /// Checks the whole repository; with `repair`, removes corrupt objects
+    /// and then reports the streams and images that now miss them.
     pub fn fsck(&self, repair: bool) -> Result<FsckReport> {
         let mut report = FsckReport::default();
         let corrupt = self.check_objects(&mut report)?;
+        // Repair first, so that the checks below see what is left: a
+        // removed object is a missing object of everything using it.
+        if repair && !corrupt.is_empty() {
+            self.check_writable()?;
+            for path in corrupt {
+                match rustix::fs::unlinkat(self.dir(), &path, AtFlags::empty()) {
+                    Ok(()) => report.repaired.push(path),
+                    Err(e) => report.problem(ProblemKind::Unreadable, path, e),
+                }
+            }
+            self.sync()?;
+            let repaired = &report.repaired;
+            report
+                .problems
+                .retain(|p| !(p.kind == ProblemKind::CorruptObject && repaired.contains(&p.path)));
+        }
         self.check_streams(&mut report)?;
         self.check_images(&mut report)?;
         for kind in ["streams", "images"] {
@@ -100,21 +117,6 @@ impl<H: FsVerityDigest> Repository<H> {
                     report.problem(ProblemKind::BrokenLink, path, format!("-> {target}"));
                 }
             }
-        }
-        if repair && !corrupt.is_empty() {
-            self.check_writable()?;
-            for path in corrupt {
-                match rustix::fs::unlinkat(self.dir(), &path, AtFlags::empty()) {
-                    Ok(()) => report.repaired.push(path),
-                    Err(e) => report.problem(ProblemKind::Unreadable, path, e),
-                }
-            }
-            self.sync()?;
-            // What was removed is fixed (a re-pull restores it).
-            let repaired = &report.repaired;
-            report
-                .problems
-                .retain(|p| !(p.kind == ProblemKind::CorruptObject && repaired.contains(&p.path)));
         }
         report.problems.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(report)
