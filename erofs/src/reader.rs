@@ -348,9 +348,10 @@ impl<'a, H: FsVerityDigest> Reader<'a, H> {
                 return Err(type_error(dirent.nid));
             }
             let Some(leaf) = link.leaf else {
+                // A whiteout stub, which has one link.
                 return Err(ReadError::Nlink {
                     nid: dirent.nid,
-                    stored: 1,
+                    stored: link.stored.into(),
                     found: link.found,
                 });
             };
