@@ -1,0 +1,523 @@
+//! Getting an image's manifest, config and layer blobs from any transport.
+//!
+//! [`Source::open`] takes an image reference as skopeo writes it
+//! (`docker://`, `oci:`, `oci-archive:`, `docker-archive:`,
+//! `containers-storage:`, `dir:`), resolves an image index to one manifest
+//! for a platform (the host's unless [`FetchOptions::platform`] names
+//! another), and fetches and verifies the manifest and config. Layers are
+//! then streamed with [`Source::open_layer`] (the compressed blob) or
+//! [`Source::open_layer_tar`] (the uncompressed tar, checked against its
+//! `diff_id` as well).
+//!
+//! Two backends sit behind [`Source`]:
+//! - `oci:DIR[:TAG]` layouts are read directly, fd-relative, without
+//!   starting any process: they are the local, common case.
+//! - Everything else goes through skopeo's image proxy, which knows every
+//!   transport and the system's registry configuration.
+//!
+//! The API is blocking. The skopeo backend is async inside (its client
+//! crate is tokio-based) and owns a small runtime, so these calls must
+//! come from plain threads, not from inside an async runtime (use
+//! `spawn_blocking` there). [`Source`] is `Sync`: open several layers from
+//! several threads at once. With skopeo, each concurrently streaming layer
+//! uses its own proxy process, up to [`FetchOptions::max_parallel`];
+//! opening more waits until a stream ends, so a thread should finish or
+//! drop one layer stream before opening the next.
+//!
+//! Trust: every blob is checked against the digest that names it.
+//! Manifests and configs are checked whole before they are returned;
+//! layer streams check at end of file, so a consumer that stops early
+//! must call [`VerifyingReader::finish`]. One exception: when the source's
+//! manifest is not OCI (Docker schema 2, `docker-archive:`), skopeo hands
+//! us its OCI translation, which cannot hash to the original digest;
+//! [`FetchedManifest::converted`] says so, and skopeo checked the original.
+
+pub mod decompress;
+mod ocidir;
+pub mod platform;
+mod proxy;
+pub mod reference;
+pub mod verify;
+
+use std::io::Read;
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+
+use oci_spec::image::{Descriptor, Digest, ImageIndex, ImageManifest, MediaType};
+
+pub use decompress::{decompress, Compression, DecompressError};
+pub use ocidir::MAX_METADATA_SIZE;
+pub use platform::Platform;
+pub use reference::{ImageReference, Transport};
+pub use verify::{VerifyError, VerifyingReader};
+
+/// Everything that can go wrong opening an image or a layer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FetchError {
+    /// The image reference cannot be used.
+    #[error(transparent)]
+    InvalidReference(#[from] reference::InvalidReference),
+    /// A file of an `oci:` layout could not be read.
+    #[error("reading {file} in OCI layout {}: {source}", layout.display())]
+    Layout {
+        /// The layout directory.
+        layout: PathBuf,
+        /// The file inside it.
+        file: String,
+        /// What the system said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The tag is not in the layout's `index.json`.
+    #[error("no image tagged {tag:?} in OCI layout {}", layout.display())]
+    TagNotFound {
+        /// The layout directory.
+        layout: PathBuf,
+        /// The tag asked for.
+        tag: String,
+    },
+    /// No tag was given and the layout does not hold exactly one image.
+    #[error("OCI layout {} holds {count} images: name one with oci:DIR:TAG", layout.display())]
+    AmbiguousLayout {
+        /// The layout directory.
+        layout: PathBuf,
+        /// How many entries `index.json` has.
+        count: usize,
+    },
+    /// A metadata blob is larger than we read into memory.
+    #[error("{what} of {size} bytes is larger than the limit of {MAX_METADATA_SIZE}")]
+    TooLarge {
+        /// Which blob.
+        what: &'static str,
+        /// Its size.
+        size: u64,
+    },
+    /// A JSON document did not parse.
+    #[error("parsing {what}: {source}")]
+    Json {
+        /// The document, with its digest when known.
+        what: String,
+        /// The parser's complaint.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A digest that is malformed or cannot name a file.
+    #[error("unusable digest {digest:?}")]
+    BadDigest {
+        /// The digest text.
+        digest: String,
+    },
+    /// Content does not match its digest or size.
+    #[error("checking the {what}: {source}")]
+    Verify {
+        /// The manifest, config or blob checked.
+        what: &'static str,
+        /// The mismatch.
+        #[source]
+        source: VerifyError,
+    },
+    /// A blob has a media type we cannot handle where it is used.
+    #[error("unsupported media type {media_type} for the {what}")]
+    UnsupportedMediaType {
+        /// What the blob is used as.
+        what: &'static str,
+        /// Its media type.
+        media_type: MediaType,
+    },
+    /// The index has no image for the requested platform.
+    #[error(transparent)]
+    NoMatchingPlatform(#[from] platform::NoMatchingPlatform),
+    /// skopeo could not be started.
+    #[error("running skopeo (is it installed?): {source}")]
+    SkopeoSpawn {
+        /// What the system said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `skopeo inspect --raw` failed.
+    #[error("skopeo inspect --raw {reference} failed ({status}): {stderr}")]
+    SkopeoInspect {
+        /// The image reference.
+        reference: String,
+        /// skopeo's exit status.
+        status: std::process::ExitStatus,
+        /// What skopeo printed on standard error.
+        stderr: String,
+    },
+    /// The skopeo image proxy reported an error.
+    #[error("skopeo image proxy: {operation} {reference}: {source}")]
+    Proxy {
+        /// What we were doing.
+        operation: &'static str,
+        /// The image reference.
+        reference: String,
+        /// The proxy client's error.
+        #[source]
+        source: containers_image_proxy::Error,
+    },
+    /// skopeo served another manifest than the index entry we chose.
+    #[error(
+        "skopeo served manifest {actual} for {reference}, expected {expected}: \
+         did the image change while we opened it?"
+    )]
+    ManifestChanged {
+        /// The image reference.
+        reference: String,
+        /// The digest we chose from the index (or hashed from the manifest).
+        expected: Digest,
+        /// The digest skopeo reported.
+        actual: Digest,
+    },
+    /// skopeo's list of a `containers-storage:` image's layers is unusable.
+    #[error("listing the layers of {reference}: {reason}")]
+    LayerInfo {
+        /// The image reference.
+        reference: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Reading a blob's data from skopeo failed.
+    #[error("reading a blob of {reference} from skopeo: {source}")]
+    ProxyRead {
+        /// The image reference.
+        reference: String,
+        /// What the system said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The async runtime for skopeo could not be started.
+    #[error("starting the async runtime for skopeo: {source}")]
+    Runtime {
+        /// What the system said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The task streaming a blob from skopeo ended without a word.
+    #[error("the task fetching a blob from skopeo ended unexpectedly")]
+    ProxyTaskLost,
+}
+
+/// How to open an image.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct FetchOptions {
+    /// Skip TLS certificate verification for registries, and allow plain
+    /// HTTP (skopeo's `--tls-verify=false`).
+    pub insecure_tls: bool,
+    /// The platform to choose from an image index; the host's if `None`.
+    /// Ignored for images that are not an index.
+    pub platform: Option<Platform>,
+    /// How many layers may stream from skopeo at once (one proxy process
+    /// each). Defaults to the number of CPUs.
+    pub max_parallel: NonZeroUsize,
+}
+
+impl Default for FetchOptions {
+    fn default() -> Self {
+        FetchOptions {
+            insecure_tls: false,
+            platform: None,
+            max_parallel: std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN),
+        }
+    }
+}
+
+/// The image's manifest.
+#[derive(Debug, Clone)]
+pub struct FetchedManifest {
+    /// The digest naming the manifest at its source (the index entry's
+    /// digest for a multi-platform image).
+    pub digest: Digest,
+    /// The manifest's JSON, as stored at the source unless `converted`.
+    pub raw: Vec<u8>,
+    /// The parsed manifest.
+    pub manifest: ImageManifest,
+    /// Whether `raw` is skopeo's OCI translation of a manifest in another
+    /// format, so that it does not hash to `digest`.
+    pub converted: bool,
+}
+
+/// A small blob (index, config) with its digest, already verified.
+#[derive(Debug, Clone)]
+pub struct RawBlob {
+    /// The digest of `raw`.
+    pub digest: Digest,
+    /// The blob's bytes.
+    pub raw: Vec<u8>,
+}
+
+/// A compressed layer blob stream; it fails at end of file unless the blob
+/// matched its descriptor's digest and size.
+pub type Layer = VerifyingReader<Box<dyn Read + Send>>;
+
+/// An uncompressed layer tar stream; it fails at end of file unless both
+/// the blob and the tar matched their digests (descriptor and `diff_id`).
+pub type LayerTar = VerifyingReader<Box<dyn Read + Send>>;
+
+#[derive(Debug)]
+enum Backend {
+    Layout(ocidir::Layout),
+    Skopeo(proxy::ProxySource),
+}
+
+/// An opened image: manifest, index and config fetched and verified;
+/// layers on demand.
+#[derive(Debug)]
+pub struct Source {
+    reference: ImageReference,
+    backend: Backend,
+    manifest: FetchedManifest,
+    index: Option<RawBlob>,
+    config: RawBlob,
+}
+
+/// Whether a descriptor with this media type points at an image manifest
+/// (OCI or Docker schema 2).
+pub(crate) fn is_image_manifest(media_type: &MediaType) -> bool {
+    match media_type {
+        MediaType::ImageManifest => true,
+        MediaType::Other(other) => other == "application/vnd.docker.distribution.manifest.v2+json",
+        _ => false,
+    }
+}
+
+/// Whether this media type is an image index (OCI or Docker list).
+fn is_index(media_type: &str) -> bool {
+    media_type == "application/vnd.oci.image.index.v1+json"
+        || media_type == "application/vnd.docker.distribution.manifest.list.v2+json"
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(
+    raw: &[u8],
+    what: &str,
+    digest: &Digest,
+) -> Result<T, FetchError> {
+    serde_json::from_slice(raw).map_err(|source| FetchError::Json {
+        what: format!("{what} {digest}"),
+        source,
+    })
+}
+
+/// The top-level document of a skopeo source, parsed as an index if it is
+/// one (by its media type, or failing that by having `manifests`).
+fn parse_top_level(raw: &[u8], digest: &Digest) -> Result<Option<ImageIndex>, FetchError> {
+    let value: serde_json::Value = parse_json(raw, "top-level manifest", digest)?;
+    let index = match value.get("mediaType").and_then(|m| m.as_str()) {
+        Some(media_type) => is_index(media_type),
+        None => value.get("manifests").is_some(),
+    };
+    if index {
+        parse_json(raw, "image index", digest).map(Some)
+    } else {
+        Ok(None)
+    }
+}
+
+impl Source {
+    /// Opens the image named by `reference` (`TRANSPORT:DETAILS`).
+    pub fn open(reference: &str, options: &FetchOptions) -> Result<Source, FetchError> {
+        Source::open_reference(reference.parse()?, options)
+    }
+
+    /// Opens an already parsed image reference.
+    pub fn open_reference(
+        reference: ImageReference,
+        options: &FetchOptions,
+    ) -> Result<Source, FetchError> {
+        let wanted = options.platform.clone().unwrap_or_else(Platform::host);
+        let (backend, manifest, index, config) = match &reference {
+            ImageReference::OciDir { path, tag } => open_layout(path, tag.as_deref(), &wanted)?,
+            ImageReference::Skopeo {
+                reference,
+                transport,
+            } => open_skopeo(reference, *transport, options, &wanted)?,
+        };
+        Ok(Source {
+            reference,
+            backend,
+            manifest,
+            index,
+            config,
+        })
+    }
+
+    /// The reference this image was opened from.
+    pub fn reference(&self) -> &ImageReference {
+        &self.reference
+    }
+
+    /// The image's manifest (for an index: the chosen platform's).
+    pub fn manifest(&self) -> &FetchedManifest {
+        &self.manifest
+    }
+
+    /// The image index the manifest was chosen from, if the image has one.
+    pub fn index(&self) -> Option<&RawBlob> {
+        self.index.as_ref()
+    }
+
+    /// The image's config blob, verified against the manifest.
+    pub fn config(&self) -> &RawBlob {
+        &self.config
+    }
+
+    /// What the source serves for a layer of the manifest, and whether
+    /// its size is known: the layer itself, except for
+    /// `containers-storage:`, which holds layers only uncompressed and
+    /// serves the tar named by its diff_id, of unknown size.
+    fn served_layer<'a>(&'a self, descriptor: &'a Descriptor) -> (&'a Descriptor, bool) {
+        match &self.backend {
+            Backend::Layout(_) => (descriptor, true),
+            Backend::Skopeo(proxy) => proxy.served(descriptor),
+        }
+    }
+
+    /// Streams a layer blob as the source stores it, checked against its
+    /// digest and size: the compressed blob the manifest names, except for
+    /// `containers-storage:`, which holds layers only uncompressed and
+    /// serves the tar, checked against its diff_id
+    /// ([`VerifyingReader::digest`] tells which). Call
+    /// [`VerifyingReader::finish`] if you stop reading before end of file.
+    pub fn open_layer(&self, descriptor: &Descriptor) -> Result<Layer, FetchError> {
+        let verify = |source| FetchError::Verify {
+            what: "layer",
+            source,
+        };
+        match &self.backend {
+            Backend::Layout(layout) => layout.open_blob(descriptor),
+            Backend::Skopeo(proxy) => {
+                let (served, size_known) = proxy.served(descriptor);
+                let reader: Box<dyn Read + Send> = Box::new(proxy.open_blob(served, size_known)?);
+                let size = size_known.then_some(served.size());
+                VerifyingReader::new(reader, served.digest().clone(), size).map_err(verify)
+            }
+        }
+    }
+
+    /// Streams a layer as its uncompressed tar, checked against `diff_id`
+    /// (from the config's `rootfs.diff_ids`) as well as the blob digest.
+    pub fn open_layer_tar(
+        &self,
+        descriptor: &Descriptor,
+        diff_id: &Digest,
+    ) -> Result<LayerTar, FetchError> {
+        // A blob that hashes to its diff_id is the tar itself, whatever its
+        // media type says: `docker-archive:` stores layers uncompressed,
+        // and skopeo's translation of its manifest still calls them gzip.
+        let (served, _) = self.served_layer(descriptor);
+        let compression = if served.digest() == diff_id {
+            Compression::None
+        } else {
+            Compression::from_media_type(served.media_type()).ok_or_else(|| {
+                FetchError::UnsupportedMediaType {
+                    what: "layer",
+                    media_type: served.media_type().clone(),
+                }
+            })?
+        };
+        let blob = self.open_layer(descriptor)?;
+        let tar = decompress::decompress_as(compression, blob);
+        VerifyingReader::new(tar, diff_id.clone(), None).map_err(|source| FetchError::Verify {
+            what: "layer diff_id",
+            source,
+        })
+    }
+}
+
+type Opened = (Backend, FetchedManifest, Option<RawBlob>, RawBlob);
+
+/// The config blob named by the manifest, verified.
+fn checked_config(manifest: &ImageManifest, raw: Vec<u8>) -> Result<RawBlob, FetchError> {
+    let descriptor = manifest.config();
+    verify::check_bytes(&raw, descriptor.digest(), Some(descriptor.size())).map_err(|source| {
+        FetchError::Verify {
+            what: "config",
+            source,
+        }
+    })?;
+    Ok(RawBlob {
+        digest: descriptor.digest().clone(),
+        raw,
+    })
+}
+
+fn open_layout(path: &Path, tag: Option<&str>, wanted: &Platform) -> Result<Opened, FetchError> {
+    let layout = ocidir::Layout::open(path)?;
+    let (_, top) = layout.top_index()?;
+    let entry = layout.find(&top, tag)?;
+    let (index, chosen) = if is_index(entry.media_type().as_ref()) {
+        let raw = layout.read_blob(entry)?;
+        let parsed: ImageIndex = parse_json(&raw, "image index", entry.digest())?;
+        let chosen = platform::choose(&parsed, wanted)?.clone();
+        let index = RawBlob {
+            digest: entry.digest().clone(),
+            raw,
+        };
+        (Some(index), chosen)
+    } else if is_image_manifest(entry.media_type()) {
+        (None, entry.clone())
+    } else {
+        return Err(FetchError::UnsupportedMediaType {
+            what: "image in index.json",
+            media_type: entry.media_type().clone(),
+        });
+    };
+    let raw = layout.read_blob(&chosen)?;
+    let parsed: ImageManifest = parse_json(&raw, "manifest", chosen.digest())?;
+    let config = checked_config(&parsed, layout.read_blob(parsed.config())?)?;
+    let manifest = FetchedManifest {
+        digest: chosen.digest().clone(),
+        raw,
+        manifest: parsed,
+        converted: false,
+    };
+    Ok((Backend::Layout(layout), manifest, index, config))
+}
+
+fn open_skopeo(
+    reference: &str,
+    transport: Transport,
+    options: &FetchOptions,
+    wanted: &Platform,
+) -> Result<Opened, FetchError> {
+    let top_raw = proxy::inspect_raw(reference, options.insecure_tls)?;
+    let top_digest = verify::sha256_digest(&top_raw);
+    let (index, platform, expected) = match parse_top_level(&top_raw, &top_digest)? {
+        Some(parsed) => {
+            let entry = platform::choose(&parsed, wanted)?;
+            let entry_platform = Platform::of_descriptor(entry);
+            let expected = entry.digest().clone();
+            let index = RawBlob {
+                digest: top_digest,
+                raw: top_raw,
+            };
+            (Some(index), entry_platform, expected)
+        }
+        None => (None, None, top_digest),
+    };
+    let (mut source, opened) = proxy::ProxySource::open(
+        reference,
+        options.insecure_tls,
+        platform,
+        options.max_parallel.get(),
+    )?;
+    if opened.digest != expected {
+        return Err(FetchError::ManifestChanged {
+            reference: reference.to_owned(),
+            expected,
+            actual: opened.digest,
+        });
+    }
+    let config = checked_config(&opened.manifest, opened.raw_config)?;
+    if transport == Transport::ContainersStorage {
+        source.serve_diff_ids(&opened.manifest, &config.raw)?;
+    }
+    let manifest = FetchedManifest {
+        digest: opened.digest,
+        raw: opened.raw_manifest,
+        manifest: opened.manifest,
+        converted: opened.converted,
+    };
+    Ok((Backend::Skopeo(source), manifest, index, config))
+}
