@@ -6,7 +6,7 @@
 set -eu
 
 APT_PACKAGES="erofs-utils fsverity policycoreutils selinux-policy-default \
-mmdebstrap util-linux e2fsprogs time"
+mmdebstrap util-linux e2fsprogs time skopeo docker-registry podman umoci"
 CFSCTL_VERSION=0.9.4
 
 run_root() {

@@ -4,6 +4,7 @@
 //! Trees are generated in our model and converted to the reference's by
 //! the oracle tests, so the same random input feeds both writers.
 
+pub mod oci_layout;
 pub mod ondisk;
 
 use cfs_erofs::digest::FsVerityDigest;

@@ -45,6 +45,9 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::image::{Descriptor, Digest, ImageIndex, ImageManifest, MediaType};
 
+/// The OCI types this API speaks (the version skopeo's proxy client uses).
+pub use oci_spec;
+
 pub use decompress::{decompress, Compression, DecompressError};
 pub use ocidir::MAX_METADATA_SIZE;
 pub use platform::Platform;
