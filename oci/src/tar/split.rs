@@ -1,0 +1,268 @@
+//! Splitting an uncompressed tar layer into a split stream.
+//!
+//! The tar is read once, as it arrives: header blocks go into the
+//! stream, each large file body is streamed straight into a repository
+//! object (memory stays bounded by the largest run of inline data, as the
+//! format needs each run's length before its bytes), and the SHA-256 of
+//! every byte read is the layer's diff_id. What goes inline and what
+//! becomes an object follows the reference exactly: regular files of more
+//! than [`INLINE_CONTENT_MAX`] bytes are objects, with their padding
+//! inline; everything after the end-of-archive marker is kept inline too,
+//! as the diff_id covers it.
+
+use std::io::{self, BufReader, Read};
+
+use cfs_erofs::digest::FsVerityDigest;
+use cfs_images::splitstream::{ContentType, SplitStreamWriter};
+use cfs_images::Repository;
+use sha2::{Digest, Sha256};
+
+use super::header::{self, Blocks, Event, BLOCK};
+use super::{shown, Shape, TarError, INLINE_CONTENT_MAX};
+
+/// Most bytes accepted after the end-of-archive marker. Tar writers pad
+/// to a record (10 KiB for GNU tar and Python); more is not a layer.
+pub const TRAILING_MAX: u64 = 1 << 20;
+
+/// A tar layer split into a split stream, not yet stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SplitLayer {
+    /// `sha256:<hex>` of the tar bytes: the layer's diff_id, for the
+    /// caller to compare with the image config before storing the stream
+    /// as `oci-layer-<diff_id>`.
+    pub diff_id: String,
+    /// The split stream file; the objects it names are stored already.
+    pub stream_bytes: Vec<u8>,
+    /// Length of the tar in bytes.
+    pub size: u64,
+}
+
+/// Hashes and counts everything read through it.
+struct Hashing<R> {
+    inner: R,
+    hasher: Sha256,
+    count: u64,
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+}
+
+/// The tar being split and the stream being written.
+struct Splitter<R, H: FsVerityDigest> {
+    input: BufReader<Hashing<R>>,
+    writer: SplitStreamWriter<H>,
+    /// Bytes consumed from the tar.
+    offset: u64,
+}
+
+impl<R: Read, H: FsVerityDigest> Splitter<R, H> {
+    /// Reads until `buf` is full or the tar ends; returns the count.
+    fn fill(&mut self, buf: &mut [u8]) -> Result<usize, TarError> {
+        let mut filled = 0;
+        while filled < buf.len() {
+            match self.input.read(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(source) => {
+                    return Err(TarError::Read {
+                        offset: self.offset + filled as u64,
+                        source,
+                    })
+                }
+            }
+        }
+        self.offset += filled as u64;
+        Ok(filled)
+    }
+
+    /// Copies exactly `len` (at most a block) bytes inline.
+    fn inline(&mut self, len: usize, what: &'static str) -> Result<(), TarError> {
+        let mut buf = [0u8; BLOCK];
+        let buf = &mut buf[..len];
+        if self.fill(buf)? < len {
+            return Err(TarError::Truncated {
+                offset: self.offset,
+                what,
+            });
+        }
+        self.writer.write_inline(buf);
+        Ok(())
+    }
+
+    /// Streams a file body of `size` bytes into an object and refers to
+    /// it from the stream.
+    fn external(&mut self, repo: &Repository<H>, size: u64, path: &[u8]) -> Result<(), TarError> {
+        let start = self.offset;
+        let mut body = Body {
+            input: &mut self.input,
+            left: size,
+            failure: None,
+        };
+        let stored = repo.ensure_object_from_reader(&mut body);
+        let (left, failure) = (body.left, body.failure);
+        self.offset = start + (size - left);
+        if let Some(failure) = failure {
+            return Err(match failure {
+                BodyFailure::Eof => TarError::Truncated {
+                    offset: self.offset,
+                    what: "the content of a file",
+                },
+                BodyFailure::Read(source) => TarError::Read {
+                    offset: self.offset,
+                    source,
+                },
+            });
+        }
+        let digest = stored.map_err(|source| TarError::Store {
+            path: shown(path),
+            source,
+        })?;
+        self.writer.write_external(digest, size);
+        Ok(())
+    }
+
+    /// Keeps everything after the end-of-archive marker inline.
+    fn trailing(&mut self) -> Result<(), TarError> {
+        let mut buf = vec![0u8; 64 << 10];
+        let mut total = 0u64;
+        loop {
+            let n = self.fill(&mut buf)?;
+            if n == 0 {
+                return Ok(());
+            }
+            total += n as u64;
+            if total > TRAILING_MAX {
+                return Err(TarError::TrailingData {
+                    limit: TRAILING_MAX,
+                });
+            }
+            self.writer.write_inline(&buf[..n]);
+        }
+    }
+}
+
+impl<R: Read, H: FsVerityDigest> Blocks for Splitter<R, H> {
+    fn next_block(&mut self, block: &mut [u8; BLOCK]) -> Result<bool, TarError> {
+        match self.fill(block)? {
+            0 => Ok(false),
+            BLOCK => {
+                self.writer.write_inline(block);
+                Ok(true)
+            }
+            _ => Err(TarError::Truncated {
+                offset: self.offset,
+                what: "a header block",
+            }),
+        }
+    }
+
+    fn offset(&self) -> u64 {
+        self.offset
+    }
+}
+
+/// Why a file body could not be read whole.
+enum BodyFailure {
+    Eof,
+    Read(io::Error),
+}
+
+/// The next `left` bytes of the tar, failing at an early end so that a
+/// short body is never stored as if complete.
+struct Body<'a, R> {
+    input: &'a mut BufReader<Hashing<R>>,
+    left: u64,
+    failure: Option<BodyFailure>,
+}
+
+impl<R: Read> Read for Body<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.left == 0 {
+            return Ok(0);
+        }
+        let want = usize::try_from(self.left).map_or(buf.len(), |left| left.min(buf.len()));
+        match self.input.read(&mut buf[..want]) {
+            Ok(0) => {
+                self.failure = Some(BodyFailure::Eof);
+                Err(io::ErrorKind::UnexpectedEof.into())
+            }
+            Ok(n) => {
+                self.left -= n as u64;
+                Ok(n)
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Err(e),
+            Err(e) => {
+                let kind = e.kind();
+                self.failure = Some(BodyFailure::Read(e));
+                Err(kind.into())
+            }
+        }
+    }
+}
+
+/// Splits the uncompressed tar `tar` into a split stream, storing every
+/// regular file body of more than [`INLINE_CONTENT_MAX`] bytes as an
+/// object of `repo`, and computes its diff_id.
+///
+/// The stream is byte-identical to composefs-rs 0.9.4's for the same tar.
+/// Every entry is checked as [`layer_entries`](super::layer_entries)
+/// checks it, so a layer that splits also reads back.
+///
+/// # Errors
+/// [`TarError`] for a malformed or hostile archive, a read error, or a
+/// failure to store an object. Nothing names the objects already
+/// written; garbage collection removes them.
+pub fn split_layer<H: FsVerityDigest>(
+    repo: &Repository<H>,
+    tar: impl Read,
+) -> Result<SplitLayer, TarError> {
+    let mut splitter = Splitter {
+        input: BufReader::with_capacity(
+            256 << 10,
+            Hashing {
+                inner: tar,
+                hasher: Sha256::new(),
+                count: 0,
+            },
+        ),
+        writer: SplitStreamWriter::<H>::new(ContentType::OCI_LAYER),
+        offset: 0,
+    };
+    loop {
+        match header::next_event(&mut splitter)? {
+            Event::Member(header) => {
+                let entry = header.check()?;
+                let padded = entry.size.next_multiple_of(BLOCK as u64);
+                // `check` allows content on regular files only.
+                let large =
+                    matches!(entry.shape, Shape::File) && entry.size > INLINE_CONTENT_MAX as u64;
+                if large {
+                    splitter.external(repo, entry.size, &entry.path)?;
+                    let padding = (padded - entry.size) as usize;
+                    splitter.inline(padding, "the padding of a file")?;
+                } else {
+                    splitter.inline(padded as usize, "the content of a file")?;
+                }
+            }
+            Event::End => {
+                splitter.trailing()?;
+                break;
+            }
+            Event::Eof => break,
+        }
+    }
+    let Splitter { input, writer, .. } = splitter;
+    let hashing = input.into_inner();
+    Ok(SplitLayer {
+        diff_id: format!("sha256:{}", hex::encode(hashing.hasher.finalize())),
+        stream_bytes: writer.finish(),
+        size: hashing.count,
+    })
+}
