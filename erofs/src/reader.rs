@@ -720,13 +720,13 @@ mod tests {
 
     fn round_trip<H: FsVerityDigest>(fs: &FileSystem<H>) {
         for version in FormatVersion::ALL {
-            let image = mkfs(fs, version).expect("writable tree");
             if version == FormatVersion::V2 && has_large_inline(fs) {
                 // V2 stores inline files whole after the inode, where
-                // EROFS expects only the tail: unreadable, as for the kernel.
-                assert!(read_image::<H>(&image).is_err());
+                // EROFS expects only the tail: the writer refuses them.
+                assert!(mkfs(fs, version).is_err());
                 continue;
             }
+            let image = mkfs(fs, version).expect("writable tree");
             let read = read_image::<H>(&image)
                 .unwrap_or_else(|e| panic!("{version:?}: reading our own image: {e}"));
             assert_eq!(read.version, version);
@@ -1120,7 +1120,8 @@ mod tests {
             .iter()
             .flat_map(|&v| {
                 [random_fs::<Sha256Digest>(3), random_fs::<Sha256Digest>(11)]
-                    .map(|fs| mkfs(&fs, v).expect("writable"))
+                    .into_iter()
+                    .filter_map(move |fs| mkfs(&fs, v).ok())
             })
             .collect();
         let mut accepted = 0;

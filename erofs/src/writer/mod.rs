@@ -22,7 +22,7 @@ mod xattrs;
 
 use crate::digest::FsVerityDigest;
 use crate::format::{FormatVersion, BLOCK_SIZE, INODE_SLOT};
-use crate::tree::{FileSystem, LeafContent, Stat};
+use crate::tree::{FileSystem, LeafContent, RegularFile, Stat};
 use emit::{emit, Counter};
 use inodes::{collect, whiteout_stub_stat, Content, Node};
 use xattrs::{acl_flag, share_xattrs, Xattr};
@@ -54,6 +54,13 @@ pub enum WriteError {
     /// The image would exceed what 32-bit block addresses reach.
     #[error("image too large for 32-bit block addresses")]
     TooLarge,
+    /// V2 keeps inline files wholly after the inode, where the kernel
+    /// reads only a partial block: larger ones would read wrong.
+    #[error("inline file of {0} bytes does not fit V2's inline layout (under 4096 bytes)")]
+    InlineTooLargeForV2(usize),
+    /// An inode's xattrs beyond what the 16-bit `xattr_icount` can size.
+    #[error("an inode has {0} bytes of xattrs; the format's limit is about 256 KiB")]
+    XattrsTooLarge(usize),
 }
 
 /// Writes the image of `fs` in format `version`.
@@ -61,11 +68,18 @@ pub fn mkfs<H: FsVerityDigest>(
     fs: &FileSystem<H>,
     version: FormatVersion,
 ) -> Result<Vec<u8>, WriteError> {
-    validate(fs)?;
+    validate(fs, version)?;
     let stub_stat = whiteout_stub_stat(&fs.root.stat);
     let mut nodes = collect(fs, version, &stub_stat)?;
     let header_flags = acl_flag(&nodes, version);
     let shared = share_xattrs(&mut nodes, version)?;
+    if let Some(size) = nodes
+        .iter()
+        .map(|n| n.xattrs.size())
+        .find(|&size| size > xattrs::MAX_XATTR_AREA)
+    {
+        return Err(WriteError::XattrsTooLarge(size));
+    }
     let min_mtime = nodes
         .iter()
         .map(|n| mtime_key(n.stat))
@@ -88,7 +102,12 @@ pub fn mkfs<H: FsVerityDigest>(
     Ok(image)
 }
 
-fn validate<H: FsVerityDigest>(fs: &FileSystem<H>) -> Result<(), WriteError> {
+/// Rejects trees the format cannot represent. The reference writes some
+/// of these anyway, as images the kernel reads wrongly; we refuse them.
+fn validate<H: FsVerityDigest>(
+    fs: &FileSystem<H>,
+    version: FormatVersion,
+) -> Result<(), WriteError> {
     fs.check()?;
     let nlinks = fs.nlinks();
     for (id, leaf) in fs.leaves.iter().enumerate() {
@@ -100,6 +119,11 @@ fn validate<H: FsVerityDigest>(fs: &FileSystem<H>) -> Result<(), WriteError> {
                 if u32::try_from(rdev).is_err() =>
             {
                 return Err(WriteError::DeviceNumber(rdev));
+            }
+            LeafContent::Regular(RegularFile::Inline(ref data))
+                if !version.is_c_layout() && data.len() >= BLOCK_SIZE =>
+            {
+                return Err(WriteError::InlineTooLargeForV2(data.len()));
             }
             _ => {}
         }

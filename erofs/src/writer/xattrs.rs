@@ -12,6 +12,10 @@ use super::inodes::Node;
 use super::WriteError;
 use crate::format::{self, FormatVersion};
 
+/// Largest xattr area whose size `xattr_icount` (a u16 of 4-byte words
+/// past the 12-byte header, plus one) can express.
+pub(super) const MAX_XATTR_AREA: usize = 12 + 4 * (u16::MAX as usize - 1);
+
 /// One xattr as EROFS stores it: a prefix index and the rest of the name.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(super) struct Xattr {
@@ -125,6 +129,7 @@ impl InodeXattrs {
             + self.local.iter().map(Xattr::entry_size).sum::<usize>()
     }
 
+    /// The header's `xattr_icount` as u16.
     pub(super) fn icount(&self) -> u16 {
         match self.size() {
             0 => 0,
