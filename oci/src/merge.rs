@@ -428,3 +428,164 @@ where
         departures: merger.departures,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use cfs_erofs::digest::Sha256Digest;
+    use cfs_erofs::dumpfile;
+    use cfs_erofs::tree::{LeafContent, Mtime, RegularFile};
+
+    use super::*;
+
+    type Entry = Result<TarEntry<Sha256Digest>, TarError>;
+
+    fn stat(mode: u32, sec: i64) -> Stat {
+        Stat {
+            mode: Mode::new(mode),
+            mtime: Mtime { sec, nsec: 0 },
+            ..Stat::default()
+        }
+    }
+
+    fn dir(path: &str) -> Entry {
+        Ok(TarEntry {
+            path: path.as_bytes().to_vec(),
+            stat: stat(0o755, 1),
+            item: TarItem::Directory,
+        })
+    }
+
+    fn file(path: &str, data: &str) -> Entry {
+        Ok(TarEntry {
+            path: path.as_bytes().to_vec(),
+            stat: stat(0o644, 2),
+            item: TarItem::Leaf(LeafContent::Regular(RegularFile::Inline(
+                data.as_bytes().into(),
+            ))),
+        })
+    }
+
+    fn link(path: &str, target: &str) -> Entry {
+        Ok(TarEntry {
+            path: path.as_bytes().to_vec(),
+            stat: Stat::default(),
+            item: TarItem::Hardlink(target.as_bytes().to_vec()),
+        })
+    }
+
+    fn merge(layers: Vec<Vec<Entry>>) -> Result<(Vec<String>, Vec<Departure>), MergeError> {
+        let merged = merge_layers(layers)?;
+        merged.fs.check().unwrap();
+        let text = dumpfile::to_string(&merged.fs);
+        let paths = text
+            .lines()
+            .map(|l| l.split(' ').next().unwrap().to_owned())
+            .collect();
+        Ok((paths, merged.departures))
+    }
+
+    #[test]
+    fn whiteouts_and_replacements() {
+        let lower = vec![
+            dir("/a"),
+            file("/a/gone", "x"),
+            file("/a/kept", "x"),
+            dir("/b"),
+            file("/b/lower", "x"),
+            dir("/c"),
+            file("/c/inner", "x"),
+            file("/d", "x"),
+        ];
+        let upper = vec![
+            file("/a/.wh.gone", ""),
+            file("/a/.wh.never-there", ""),
+            dir("/b"),
+            file("/b/.wh..wh..opq", ""),
+            file("/b/upper", "y"),
+            file("/c", "now a file"),
+            dir("/d"),
+            link("/a/kept2", "/a/kept"),
+        ];
+        let (paths, departures) = merge(vec![lower, upper]).unwrap();
+        assert_eq!(
+            paths,
+            ["/", "/a", "/a/kept", "/a/kept2", "/b", "/b/upper", "/c", "/d"]
+        );
+        assert!(departures.is_empty());
+    }
+
+    #[test]
+    fn parents_and_opaque_departures() {
+        let layer = vec![
+            file("/x/y/z", "z"),
+            file("/x/y/.wh..wh..opq", ""),
+            file("/x/other/.wh.q", ""),
+        ];
+        let (paths, departures) = merge(vec![layer]).unwrap();
+        assert_eq!(paths, ["/", "/x", "/x/other", "/x/y", "/x/y/z"]);
+        let kinds: Vec<_> = departures
+            .iter()
+            .map(|d| (String::from_utf8_lossy(&d.path).into_owned(), d.kind))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("/x".to_owned(), DepartureKind::CreatedParent),
+                ("/x/y".to_owned(), DepartureKind::CreatedParent),
+                ("/x/y".to_owned(), DepartureKind::OpaqueKeptLayerEntries),
+                ("/x/other".to_owned(), DepartureKind::CreatedParent),
+            ]
+        );
+        // An opaque marker in the root, after a same-layer entry.
+        let lower = vec![file("/old", "o")];
+        let upper = vec![file("/new", "n"), file("/.wh..wh..opq", "")];
+        let (paths, departures) = merge(vec![lower, upper]).unwrap();
+        assert_eq!(paths, ["/", "/new"]);
+        assert_eq!(departures[0].path, b"/");
+        assert_eq!(
+            departures[0].to_string(),
+            "layer 1: opaque marker in / kept entries of its own layer archived before it \
+             (the reference tool drops them)"
+        );
+    }
+
+    #[test]
+    fn refusals() {
+        let err = |layers: Vec<Vec<Entry>>| merge(layers).unwrap_err().to_string();
+        assert_eq!(
+            err(vec![vec![file("/", "x")]]),
+            "layer 0: the root entry is a regular file, not a directory"
+        );
+        assert_eq!(
+            err(vec![vec![file("/f", "x"), file("/f/g", "x")]]),
+            "layer 0: cannot add /f/g: /f is not a directory"
+        );
+        assert_eq!(
+            err(vec![vec![], vec![link("/l", "/nowhere")]]),
+            "layer 1: hard link /l points to /nowhere, which does not exist"
+        );
+        assert_eq!(
+            err(vec![vec![file("/f", "x"), link("/l", "/f/below")]]),
+            "layer 0: hard link /l points to /f/below, which does not exist"
+        );
+        assert_eq!(
+            err(vec![vec![dir("/d"), link("/l", "/d")]]),
+            "layer 0: hard link /l points to /d, which is a directory"
+        );
+        assert_eq!(
+            err(vec![vec![link("/l", "/")]]),
+            "layer 0: hard link /l points to /, which is a directory"
+        );
+        for bad in ["relative", "/trailing/", "/a//b", "/a/../b"] {
+            assert!(
+                err(vec![vec![file(bad, "x")]]).contains("is not canonical"),
+                "{bad}"
+            );
+        }
+        let failing: Entry = Err(TarError::EmptyPath { offset: 512 });
+        assert_eq!(
+            err(vec![vec![dir("/a")], vec![failing]]),
+            "layer 1: tar entry at byte 512 has an empty path"
+        );
+    }
+}

@@ -278,11 +278,11 @@ pub enum TarError {
         path: String,
         /// The repository's error.
         #[source]
-        source: cfs_images::Error,
+        source: Box<cfs_images::Error>,
     },
     /// The split stream could not be decoded.
     #[error("reading the layer's split stream: {0}")]
-    Stream(#[from] SplitStreamError),
+    Stream(#[source] Box<SplitStreamError>),
     /// A split stream that holds something other than a tar layer.
     #[error("split stream has content type {0}, not a tar layer")]
     NotALayer(ContentType),
@@ -302,6 +302,12 @@ pub enum TarError {
         /// `"inline"` or `"as an object"`.
         found: &'static str,
     },
+}
+
+impl From<SplitStreamError> for TarError {
+    fn from(error: SplitStreamError) -> Self {
+        Self::Stream(Box::new(error))
+    }
 }
 
 /// An entry path, escaped and cut to a readable length.
@@ -556,6 +562,12 @@ mod tests {
             canonical(&deeper, &deeper, "path"),
             Err(TarError::PathTooLong { len: 4104, .. })
         ));
+    }
+
+    #[test]
+    fn error_is_small() {
+        // Callers embed it in their own errors.
+        assert!(size_of::<TarError>() <= 72, "{}", size_of::<TarError>());
     }
 
     #[test]

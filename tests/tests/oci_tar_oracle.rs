@@ -257,11 +257,29 @@ fn describe_ours(entry: &TarEntry<Sha256Digest>) -> String {
     format!("{} {stat} {item}", entry.path.escape_ascii())
 }
 
+/// The reference keeps `.` components (`./a` becomes `/./a`), which its
+/// tree code skips; compare canonical forms.
+fn canonical(path: &Path) -> Vec<u8> {
+    let mut out = Vec::new();
+    for component in path.components() {
+        if let std::path::Component::Normal(name) = component {
+            out.push(b'/');
+            out.extend_from_slice(name.as_bytes());
+        }
+    }
+    if out.is_empty() {
+        out.push(b'/');
+    }
+    out
+}
+
 fn describe_theirs(entry: &composefs_oci::tar::TarEntry<Sha256HashValue>) -> String {
     use composefs::tree::LeafContent as L;
     let item = match &entry.item {
         TheirItem::Directory => "dir".to_owned(),
-        TheirItem::Hardlink(target) => format!("link {}", target.as_bytes().escape_ascii()),
+        TheirItem::Hardlink(target) => {
+            format!("link {}", canonical(Path::new(target)).escape_ascii())
+        }
         TheirItem::Leaf(content) => match content {
             L::Regular(composefs::tree::RegularFile::Inline(data)) => {
                 format!("file {}", hex::encode(data))
@@ -293,19 +311,7 @@ fn describe_theirs(entry: &composefs_oci::tar::TarEntry<Sha256HashValue>) -> Str
             xattr_text(s.xattrs.iter().map(|(k, v)| (k.as_bytes(), &v[..])))
         )
     };
-    // The reference keeps `.` components (`./` becomes `/.`), which its
-    // tree code skips; compare canonical forms.
-    let mut path = Vec::new();
-    for component in entry.path.components() {
-        if let std::path::Component::Normal(name) = component {
-            path.push(b'/');
-            path.extend_from_slice(name.as_bytes());
-        }
-    }
-    if path.is_empty() {
-        path.push(b'/');
-    }
-    format!("{} {stat} {item}", path.escape_ascii())
+    format!("{} {stat} {item}", canonical(&entry.path).escape_ascii())
 }
 
 // --- a tar writer with full control over every header byte ----------
@@ -1372,4 +1378,51 @@ fn hard_links_that_cannot_be() {
         "{error}"
     );
     assert!(both.merge_theirs(&layers, XattrFilter::default()).is_err());
+}
+
+/// GNU tar's own archives of an on-disk tree, in its formats.
+#[test]
+fn gnu_tar_archives() {
+    if Command::new("tar").arg("--version").output().is_err() {
+        eprintln!("SKIPPED gnu_tar_archives: no tar command");
+        return;
+    }
+    let both = Both::new();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let deep = root
+        .join("usr/share")
+        .join("d".repeat(120))
+        .join("e".repeat(120));
+    std::fs::create_dir_all(&deep).unwrap();
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    for (i, len) in [0usize, 10, 64, 65, 3000, 100_000].into_iter().enumerate() {
+        std::fs::write(deep.join(format!("f{len}")), content(len, i as u64)).unwrap();
+        std::fs::write(
+            root.join(format!("usr/{}{len}", "n".repeat(150))),
+            content(len, 9),
+        )
+        .unwrap();
+    }
+    std::fs::hard_link(deep.join("f3000"), root.join("etc/hard")).unwrap();
+    std::os::unix::fs::symlink("x".repeat(200), root.join("etc/long-symlink")).unwrap();
+    std::os::unix::fs::symlink("../usr", root.join("etc/usr")).unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &root.join("etc/fifo"),
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
+    for format in ["gnu", "pax", "posix", "oldgnu"] {
+        let out = Command::new("tar")
+            .args(["--format", format, "--numeric-owner", "-C"])
+            .arg(&root)
+            .args(["-cf", "-", "."])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "tar --format {format}");
+        both.merge_same(&format!("GNU tar --format {format}"), &[out.stdout]);
+    }
 }

@@ -544,7 +544,7 @@ mod tests {
 
     #[test]
     fn pax_records() {
-        let data = b"20 path=foo/bar.txt\n13 uid=1000\n";
+        let data = b"20 path=foo/bar.txt\n12 uid=1000\n";
         let records: Vec<_> = PaxRecords { rest: data }
             .map(|r| r.map(|r| (r.key.to_vec(), r.value.to_vec())))
             .collect::<Result<_, _>>()

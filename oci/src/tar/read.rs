@@ -217,3 +217,134 @@ pub fn layer_entries<H: FsVerityDigest>(stream: &SplitStream<H>) -> LayerEntries
         error,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use cfs_erofs::digest::Sha256Digest;
+    use cfs_images::splitstream::SplitStreamWriter;
+    use cfs_images::{InitOptions, Repository};
+
+    use super::*;
+    use crate::tar::split_layer;
+
+    /// A ustar header block for a regular file.
+    fn header(name: &str, size: u64) -> [u8; BLOCK] {
+        let mut block = [0u8; BLOCK];
+        block[..name.len()].copy_from_slice(name.as_bytes());
+        block[100..108].copy_from_slice(b"0000644\0");
+        block[108..116].copy_from_slice(b"0000000\0");
+        block[116..124].copy_from_slice(b"0000000\0");
+        block[124..136].copy_from_slice(format!("{size:011o}\0").as_bytes());
+        block[136..148].copy_from_slice(b"00000000001\0");
+        block[156] = b'0';
+        block[257..265].copy_from_slice(b"ustar\x0000");
+        block[148..156].fill(b' ');
+        let sum: u64 = block.iter().map(|&b| u64::from(b)).sum();
+        block[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+        block
+    }
+
+    fn entries(stream: Vec<u8>) -> Vec<Result<TarEntry<Sha256Digest>, TarError>> {
+        let stream = SplitStream::parse(stream).unwrap();
+        layer_entries(&stream).collect()
+    }
+
+    #[test]
+    fn split_then_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::<Sha256Digest>::init(
+            &dir.path().join("repo"),
+            &InitOptions {
+                insecure: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let mut tar = Vec::new();
+        tar.extend_from_slice(&header("small", 3));
+        tar.extend_from_slice(b"abc");
+        tar.resize(1024, 0);
+        tar.extend_from_slice(&header("large", 600));
+        tar.extend((0..600).map(|i| i as u8));
+        tar.resize(1024 + 512 + 1024, 0);
+        tar.extend_from_slice(&[0; 1024]);
+        let layer = split_layer(&repo, &tar[..]).unwrap();
+        assert_eq!(layer.size, tar.len() as u64);
+        assert!(layer.diff_id.starts_with("sha256:"));
+        let read = entries(layer.stream_bytes);
+        let read: Vec<_> = read.into_iter().map(Result::unwrap).collect();
+        assert_eq!(read.len(), 2);
+        assert_eq!(read[0].path, b"/small");
+        assert_eq!(
+            read[0].item,
+            TarItem::Leaf(LeafContent::Regular(RegularFile::Inline(Box::new(*b"abc"))))
+        );
+        let TarItem::Leaf(LeafContent::Regular(RegularFile::External { digest, size })) =
+            read[1].item
+        else {
+            panic!("{:?}", read[1]);
+        };
+        assert_eq!(size, 600);
+        let stored = repo.read_object(&digest).unwrap();
+        assert_eq!(stored, (0..600).map(|i| i as u8).collect::<Vec<_>>());
+        assert_eq!(read[1].stat.mtime.sec, 1);
+    }
+
+    #[test]
+    fn chunks_must_follow_the_size_rule() {
+        let digest = Sha256Digest([7; 32]);
+        // A 3-byte file stored as an object.
+        let mut w = SplitStreamWriter::new(ContentType::OCI_LAYER);
+        w.write_inline(&header("small", 3));
+        w.write_external(digest, 3);
+        w.write_inline(&[0; 509]);
+        let got = entries(w.finish());
+        assert!(
+            matches!(
+                &got[0],
+                Err(TarError::ChunkMismatch {
+                    found: "as an object",
+                    ..
+                })
+            ),
+            "{got:?}"
+        );
+        // A 100-byte file stored inline.
+        let mut w = SplitStreamWriter::<Sha256Digest>::new(ContentType::OCI_LAYER);
+        w.write_inline(&header("large", 100));
+        w.write_inline(&[1; 512]);
+        let got = entries(w.finish());
+        assert!(
+            matches!(
+                &got[0],
+                Err(TarError::ChunkMismatch {
+                    found: "inline",
+                    ..
+                })
+            ),
+            "{got:?}"
+        );
+        // An object where a header belongs.
+        let mut w = SplitStreamWriter::new(ContentType::OCI_LAYER);
+        w.write_inline(&[0; 100]);
+        w.write_external(digest, 412);
+        let got = entries(w.finish());
+        assert!(
+            matches!(&got[0], Err(TarError::UnexpectedObject { offset: 0 })),
+            "{got:?}"
+        );
+        // The header says more than the stream has.
+        let mut w = SplitStreamWriter::<Sha256Digest>::new(ContentType::OCI_LAYER);
+        w.write_inline(&header("large", 100));
+        let got = entries(w.finish());
+        assert!(
+            matches!(&got[0], Err(TarError::Truncated { .. })),
+            "{got:?}"
+        );
+        // Not a layer; and the iterator ends after an error.
+        let w = SplitStreamWriter::<Sha256Digest>::new(ContentType::OCI_CONFIG);
+        let got = entries(w.finish());
+        assert_eq!(got.len(), 1);
+        assert!(matches!(got[0], Err(TarError::NotALayer(_))));
+    }
+}

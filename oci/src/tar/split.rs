@@ -122,7 +122,7 @@ impl<R: Read, H: FsVerityDigest> Splitter<R, H> {
         }
         let digest = stored.map_err(|source| TarError::Store {
             path: shown(path),
-            source,
+            source: Box::new(source),
         })?;
         self.writer.write_external(digest, size);
         Ok(())
