@@ -21,6 +21,8 @@
 //!   with mode 0755, uid 0, gid 0, no xattrs, and mtime 0 (the epoch): the
 //!   extraction time would make the digest depend on the clock. A later
 //!   entry for the directory itself replaces this metadata as usual.
+//!   Like containers/storage, we also create the missing parents of
+//!   whiteouts (umoci ignores a whiteout whose directory is missing).
 //! - **An opaque marker after its siblings.** The OCI image spec says
 //!   whiteouts apply to lower layers only, and engines remove only what
 //!   this layer did not itself extract (umoci's "upper paths",
@@ -346,10 +348,11 @@ impl<H: FsVerityDigest> Merger<H> {
         }
 
         let name = FileName::new(name).map_err(|_| bad_path())?;
-        let leaf = match item {
-            TarItem::Directory => Err(stat),
-            TarItem::Leaf(content) => Ok(self.fs.push_leaf(Leaf { stat, content })),
-            TarItem::Hardlink(ref target) => Ok(self.link_target(&path, target)?),
+        // Hard links are resolved before the tree changes.
+        let new = match item {
+            TarItem::Directory => New::Directory(stat),
+            TarItem::Leaf(content) => New::Leaf(self.fs.push_leaf(Leaf { stat, content })),
+            TarItem::Hardlink(ref target) => New::Leaf(self.link_target(&path, target)?),
         };
         let dir = directory_mut(
             &mut self.fs.root,
@@ -358,12 +361,12 @@ impl<H: FsVerityDigest> Merger<H> {
             &path,
             &mut self.departures,
         )?;
-        match leaf {
-            Ok(id) => {
+        match new {
+            New::Leaf(id) => {
                 dir.entries.insert(name, Inode::Leaf(id));
             }
-            // A directory: over a directory, only its metadata changes.
-            Err(stat) => match dir.entries.get_mut(&name) {
+            // Over a directory, a directory only changes its metadata.
+            New::Directory(stat) => match dir.entries.get_mut(&name) {
                 Some(Inode::Directory(existing)) => existing.stat = stat,
                 _ => {
                     dir.entries
@@ -374,6 +377,12 @@ impl<H: FsVerityDigest> Merger<H> {
         self.mark_touched(&path);
         Ok(())
     }
+}
+
+/// What an entry puts in its directory.
+enum New {
+    Directory(Stat),
+    Leaf(LeafId),
 }
 
 /// How errors name a leaf's kind.
