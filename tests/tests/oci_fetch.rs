@@ -347,15 +347,57 @@ fn skopeo_layers_stream_in_parallel_and_can_be_abandoned() {
         }
     });
     assert!(skopeo_children().len() <= 2, "at most two proxies");
-    // Dropping streams half read must not wedge the proxies.
-    for descriptor in layers {
-        let mut stream = source.open_layer(descriptor).expect("opening");
+    drop(source);
+    assert_no_skopeo_children();
+
+    // A layer larger than what the channel and the pipe buffer, so that
+    // its fetch is still running when we stop reading.
+    let big_dir = dir.path().join("big");
+    let big = cfs_tests::oci_layout::write_layout(
+        &big_dir,
+        TAG,
+        &[cfs_tests::oci_layout::ImageSpec::linux(
+            "amd64",
+            vec![cfs_tests::oci_layout::LayerSpec {
+                tar: cfs_tests::oci_layout::tar_archive(&[("big", &filler(9, 4 << 20))]),
+                blob: cfs_tests::oci_layout::LayerBlob::Plain,
+            }],
+        )],
+    )
+    .expect("writing");
+    let big_archive = format!("oci-archive:{}:{TAG}", dir.path().join("big.tar").display());
+    skopeo_copy(&[&format!("oci:{}:{TAG}", big_dir.display()), &big_archive]);
+    let mut one = options(None);
+    one.max_parallel = std::num::NonZeroUsize::MIN;
+    let source = Source::open(&big_archive, &one).expect("opening");
+    let layer = &source.manifest().manifest.layers()[0];
+    // Streams dropped half read give their one proxy back.
+    for _ in 0..2 {
+        let mut stream = source.open_layer(layer).expect("opening");
         let mut start = [0u8; 100];
         std::io::Read::read_exact(&mut stream, &mut start).expect("reading the start");
     }
-    let tar = layer_tar(&source, &layers[0], &image.layers[0].diff_id).expect("reading");
-    assert!(tar == image.layers[0].tar);
+    let blob = layer_bytes(&source, layer).expect("reading the whole layer");
+    assert!(blob == big.images[0].layers[0].blob.bytes);
+    // Dropping the source is quick even with a stream still open, and that
+    // stream then fails instead of ending short but "fine".
+    let mut orphan = source.open_layer(layer).expect("opening");
+    let mut start = [0u8; 100];
+    std::io::Read::read_exact(&mut orphan, &mut start).expect("reading the start");
+    let dropping = Instant::now();
     drop(source);
+    assert!(
+        dropping.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        dropping.elapsed()
+    );
+    let mut rest = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut orphan, &mut rest);
+    assert!(rest.len() + 100 < big.images[0].layers[0].blob.bytes.len());
+    assert!(
+        orphan.finish().is_err(),
+        "an interrupted stream must not verify"
+    );
     assert_no_skopeo_children();
 }
 

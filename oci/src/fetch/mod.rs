@@ -29,8 +29,9 @@
 //! layer streams check at end of file, so a consumer that stops early
 //! must call [`VerifyingReader::finish`]. One exception: when the source's
 //! manifest is not OCI (Docker schema 2, `docker-archive:`), skopeo hands
-//! us its OCI translation, which cannot hash to the original digest;
-//! [`FetchedManifest::converted`] says so, and skopeo checked the original.
+//! us its OCI translation (and the config's), which cannot hash to the
+//! original digests; [`FetchedManifest::converted`] says so, and for those
+//! two documents we rely on skopeo.
 
 pub mod decompress;
 mod ocidir;
@@ -302,19 +303,28 @@ fn parse_json<T: serde::de::DeserializeOwned>(
     })
 }
 
-/// The top-level document of a skopeo source, parsed as an index if it is
-/// one (by its media type, or failing that by having `manifests`).
-fn parse_top_level(raw: &[u8], digest: &Digest) -> Result<Option<ImageIndex>, FetchError> {
+/// What the top-level document of a skopeo source is.
+enum TopLevel {
+    /// An image index.
+    Index(Box<ImageIndex>),
+    /// A manifest; not OCI if `translated` (skopeo will translate it).
+    Manifest { translated: bool },
+}
+
+/// Classifies the top-level document by its media type, or failing that
+/// (the field is optional in OCI) by having `manifests`.
+fn parse_top_level(raw: &[u8], digest: &Digest) -> Result<TopLevel, FetchError> {
     let value: serde_json::Value = parse_json(raw, "top-level manifest", digest)?;
-    let index = match value.get("mediaType").and_then(|m| m.as_str()) {
+    let media_type = value.get("mediaType").and_then(|m| m.as_str());
+    let index = match media_type {
         Some(media_type) => is_index(media_type),
         None => value.get("manifests").is_some(),
     };
     if index {
-        parse_json(raw, "image index", digest).map(Some)
-    } else {
-        Ok(None)
+        return parse_json(raw, "image index", digest).map(|i| TopLevel::Index(Box::new(i)));
     }
+    let translated = media_type.is_some_and(|m| m != MediaType::ImageManifest.as_ref());
+    Ok(TopLevel::Manifest { translated })
 }
 
 impl Source {
@@ -487,31 +497,33 @@ fn open_skopeo(
     let top_raw = proxy::inspect_raw(reference, options.insecure_tls)?;
     let top_digest = verify::sha256_digest(&top_raw);
     let (index, platform, expected) = match parse_top_level(&top_raw, &top_digest)? {
-        Some(parsed) => {
+        TopLevel::Index(parsed) => {
             let entry = platform::choose(&parsed, wanted)?;
-            let entry_platform = Platform::of_descriptor(entry);
-            let expected = entry.digest().clone();
+            let expected = proxy::Expected {
+                digest: entry.digest().clone(),
+                translated: *entry.media_type() != MediaType::ImageManifest,
+            };
             let index = RawBlob {
                 digest: top_digest,
                 raw: top_raw,
             };
-            (Some(index), entry_platform, expected)
+            (Some(index), Platform::of_descriptor(entry), expected)
         }
-        None => (None, None, top_digest),
+        TopLevel::Manifest { translated } => {
+            let expected = proxy::Expected {
+                digest: top_digest,
+                translated,
+            };
+            (None, None, expected)
+        }
     };
     let (mut source, opened) = proxy::ProxySource::open(
         reference,
         options.insecure_tls,
         platform,
         options.max_parallel.get(),
+        &expected,
     )?;
-    if opened.digest != expected {
-        return Err(FetchError::ManifestChanged {
-            reference: reference.to_owned(),
-            expected,
-            actual: opened.digest,
-        });
-    }
     let config = checked_config(&opened.manifest, opened.raw_config)?;
     if transport == Transport::ContainersStorage {
         source.serve_diff_ids(&opened.manifest, &config.raw)?;

@@ -109,7 +109,8 @@ impl Connection {
 /// The pool of proxy processes for one image.
 struct Pool {
     settings: Settings,
-    idle: Mutex<Vec<Connection>>,
+    /// Connections not in use; `None` once the source is being dropped.
+    idle: Mutex<Option<Vec<Connection>>>,
     /// One permit per process allowed to exist.
     permits: Arc<Semaphore>,
 }
@@ -121,7 +122,12 @@ impl Pool {
             .acquire_owned()
             .await
             .expect("the semaphore is never closed");
-        let idle = self.idle.lock().expect("no panics while locked").pop();
+        let idle = self
+            .idle
+            .lock()
+            .expect("no panics while locked")
+            .as_mut()
+            .and_then(Vec::pop);
         let connection = match idle {
             Some(connection) => connection,
             None => Connection::open(&self.settings).await?,
@@ -129,12 +135,29 @@ impl Pool {
         Ok((permit, connection))
     }
 
-    fn checkin(&self, connection: Connection) {
-        self.idle
-            .lock()
-            .expect("no panics while locked")
-            .push(connection);
+    /// Returns a connection for reuse, or hands it back when the source
+    /// is closing, for the caller to shut down.
+    #[must_use]
+    fn checkin(&self, connection: Connection) -> Option<Connection> {
+        match self.idle.lock().expect("no panics while locked").as_mut() {
+            Some(idle) => {
+                idle.push(connection);
+                None
+            }
+            None => Some(connection),
+        }
     }
+}
+
+/// What skopeo must serve, as the top-level document (or the chosen index
+/// entry) says.
+#[derive(Debug)]
+pub(super) struct Expected {
+    /// The manifest's digest.
+    pub digest: Digest,
+    /// Whether the manifest is not OCI, so that skopeo serves its OCI
+    /// translation (and the translated config).
+    pub translated: bool,
 }
 
 /// What skopeo gave us when the image was opened.
@@ -142,7 +165,7 @@ impl Pool {
 pub(super) struct Opened {
     /// The manifest digest skopeo reports (of the source's own manifest).
     pub digest: Digest,
-    /// The manifest as OCI JSON (converted by skopeo if it was not OCI).
+    /// The manifest as OCI JSON (translated by skopeo if it was not OCI).
     pub raw_manifest: Vec<u8>,
     /// `raw_manifest`, parsed.
     pub manifest: ImageManifest,
@@ -218,6 +241,7 @@ impl ProxySource {
         insecure_tls: bool,
         platform: Option<Platform>,
         max_processes: usize,
+        expected: &Expected,
     ) -> Result<(ProxySource, Opened), FetchError> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -232,7 +256,7 @@ impl ProxySource {
         };
         let pool = Arc::new(Pool {
             settings,
-            idle: Mutex::new(Vec::new()),
+            idle: Mutex::new(Some(Vec::new())),
             permits: Arc::new(Semaphore::new(max_processes.max(1))),
         });
         let source = ProxySource {
@@ -242,8 +266,10 @@ impl ProxySource {
         };
         let opened = source.block_on(async move {
             let (_permit, connection) = pool.checkout().await?;
-            let result = fetch_metadata(&pool.settings, &connection).await;
-            pool.checkin(connection);
+            let result = fetch_metadata(&pool.settings, &connection, expected).await;
+            if let Some(closing) = pool.checkin(connection) {
+                closing.shut_down().await;
+            }
             result
         })?;
         Ok((source, opened))
@@ -331,13 +357,20 @@ impl ProxySource {
                     }
                 };
                 let healthy =
-                    stream_blob(&pool.settings, &connection, &digest, size, started, chunks).await;
-                if healthy {
-                    pool.checkin(connection);
+                    stream_blob(&pool.settings, &connection, &digest, size, started, &chunks).await;
+                let leftover = if healthy {
+                    pool.checkin(connection)
                 } else {
+                    Some(connection)
+                };
+                if let Some(connection) = leftover {
                     connection.shut_down().await;
                 }
                 drop(permit);
+                // The reader sees end of file only now, once the connection
+                // is back in the pool (or gone): a source dropped right
+                // after reading a layer then finds every process idle.
+                drop(chunks);
             });
         self.block_on(start_result)
             .unwrap_or(Err(FetchError::ProxyTaskLost))?;
@@ -354,15 +387,22 @@ impl Drop for ProxySource {
         let Some(runtime) = self.runtime.take() else {
             return;
         };
-        let idle: Vec<Connection> =
-            std::mem::take(&mut *self.pool.idle.lock().unwrap_or_else(|e| e.into_inner()));
+        let idle = self
+            .pool
+            .idle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .unwrap_or_default();
         runtime.block_on(async {
             for connection in idle {
                 connection.shut_down().await;
             }
         });
-        // Layer streams still being read hold their own processes; those
-        // exit when their socket closes as the runtime drops their tasks.
+        // Layer streams still running hold their own processes: they shut
+        // them down if they finish now (the pool is closed), and otherwise
+        // the processes exit when their socket closes as the runtime drops
+        // the tasks.
         runtime.shutdown_timeout(Duration::from_secs(10));
     }
 }
@@ -371,6 +411,7 @@ impl Drop for ProxySource {
 async fn fetch_metadata(
     settings: &Settings,
     connection: &Connection,
+    expected: &Expected,
 ) -> Result<Opened, FetchError> {
     let (digest, raw_manifest) = connection
         .proxy
@@ -380,8 +421,23 @@ async fn fetch_metadata(
     let digest = Digest::try_from(digest.as_str()).map_err(|_| FetchError::BadDigest {
         digest: digest.clone(),
     })?;
+    if digest != expected.digest {
+        return Err(FetchError::ManifestChanged {
+            reference: settings.reference.clone(),
+            expected: expected.digest.clone(),
+            actual: digest,
+        });
+    }
+    let converted = expected.translated;
+    if !converted {
+        super::verify::check_bytes(&raw_manifest, &digest, None).map_err(|source| {
+            FetchError::Verify {
+                what: "manifest",
+                source,
+            }
+        })?;
+    }
     let manifest: ImageManifest = super::parse_json(&raw_manifest, "manifest", &digest)?;
-    let converted = super::verify::check_bytes(&raw_manifest, &digest, None).is_err();
     // skopeo's config calls re-serialize the config, so unless the
     // manifest itself was translated (and its config with it) we fetch
     // the config blob as stored.
@@ -457,7 +513,7 @@ async fn stream_blob(
     digest: &Digest,
     size: Option<u64>,
     started: oneshot::Sender<Result<(), FetchError>>,
-    chunks: mpsc::Sender<io::Result<Vec<u8>>>,
+    chunks: &mpsc::Sender<io::Result<Vec<u8>>>,
 ) -> bool {
     let (reader, finish) = match connection
         .proxy
