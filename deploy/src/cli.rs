@@ -141,6 +141,23 @@ pub enum ImageCommand {
         /// Where.
         mountpoint: PathBuf,
     },
+    /// Pull an OCI image (`docker://`, `oci:DIR[:TAG]`, `oci-archive:`,
+    /// `docker-archive:`, `containers-storage:`, `dir:`) into the
+    /// repository, with its plain and boot EROFS images.
+    Pull {
+        /// The image reference, with its transport.
+        reference: String,
+        /// The tag to give it (default: the reference).
+        #[arg(long)]
+        name: Option<String>,
+        /// The platform to pick from an index, `OS/ARCH[/VARIANT]`
+        /// (default: this machine's).
+        #[arg(long)]
+        platform: Option<String>,
+        /// Skip TLS verification and allow plain HTTP registries.
+        #[arg(long)]
+        insecure_registry: bool,
+    },
     /// Remove an image ref; `repo gc` then reclaims what only it kept.
     Rm {
         /// The image ref.

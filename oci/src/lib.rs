@@ -9,4 +9,5 @@
 
 pub mod fetch;
 pub mod merge;
+pub mod pull;
 pub mod tar;

@@ -72,6 +72,52 @@ pub fn run<H: FsVerityDigest>(args: &Args, command: &ImageCommand) -> Result<()>
             repo.mount_image(name, mountpoint)
                 .with_context(|| format!("mounting image {name} at {}", mountpoint.display()))?;
         }
+        ImageCommand::Pull {
+            reference,
+            name,
+            platform,
+            insecure_registry,
+        } => {
+            let repo = open_repo::<H>(args)?;
+            let mut options = cfs_oci::fetch::FetchOptions::default();
+            options.insecure_tls = *insecure_registry;
+            options.platform = platform
+                .as_deref()
+                .map(str::parse)
+                .transpose()
+                .context("--platform")?;
+            let report = cfs_oci::pull::pull(&repo, reference, name.as_deref(), &options)
+                .with_context(|| format!("pulling {reference}"))?;
+            let boot = match &report.boot_image {
+                Ok(digest) => digest.to_hex(),
+                Err(why) => format!("none ({why})"),
+            };
+            if args.json {
+                print_json(&serde_json::json!({
+                    "tag": report.tag,
+                    "manifest": report.manifest_digest,
+                    "config": report.config_digest,
+                    "layersFetched": report.layers_fetched,
+                    "layersPresent": report.layers_present,
+                    "image": report.image.to_hex(),
+                    "bootImage": report.boot_image.as_ref().ok().map(|d| d.to_hex()),
+                    "departures": report.departures.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
+                }))?;
+            } else {
+                println!("manifest {}", report.manifest_digest);
+                println!("config {}", report.config_digest);
+                println!(
+                    "layers {} fetched, {} already present",
+                    report.layers_fetched, report.layers_present
+                );
+                println!("image {}", report.image.to_hex());
+                println!("boot image {boot}");
+                for departure in &report.departures {
+                    println!("note: {departure}");
+                }
+                println!("tagged {}", report.tag);
+            }
+        }
         ImageCommand::Rm { name } => {
             let repo = open_repo::<H>(args)?;
             if !repo.remove_image_ref(name)? {

@@ -37,7 +37,10 @@ fn uses_existing_repo(command: &Command) -> bool {
         Command::Repo(_) => true,
         Command::Image(command) => matches!(
             command,
-            ImageCommand::Create { .. } | ImageCommand::Mount { .. } | ImageCommand::Rm { .. }
+            ImageCommand::Create { .. }
+                | ImageCommand::Mount { .. }
+                | ImageCommand::Rm { .. }
+                | ImageCommand::Pull { .. }
         ),
     }
 }
