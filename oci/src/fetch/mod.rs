@@ -536,3 +536,64 @@ fn open_skopeo(
     };
     Ok((Backend::Skopeo(source), manifest, index, config))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn classify(json: &str) -> TopLevel {
+        let raw = json.as_bytes();
+        parse_top_level(raw, &verify::sha256_digest(raw)).expect("valid JSON")
+    }
+
+    const ENTRY: &str = r#"{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "size": 1, "platform": {"os": "linux", "architecture": "amd64"},
+        "digest": "sha256:1111111111111111111111111111111111111111111111111111111111111111"}"#;
+
+    #[test]
+    fn top_level_documents_are_classified() {
+        for media_type in [
+            r#""mediaType": "application/vnd.oci.image.index.v1+json","#,
+            r#""mediaType": "application/vnd.docker.distribution.manifest.list.v2+json","#,
+            "",
+        ] {
+            let json = format!(r#"{{"schemaVersion": 2, {media_type} "manifests": [{ENTRY}]}}"#);
+            assert!(
+                matches!(classify(&json), TopLevel::Index(i) if i.manifests().len() == 1),
+                "{json}"
+            );
+        }
+        let config = r#""config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+            "size": 2, "digest": "sha256:2222222222222222222222222222222222222222222222222222222222222222"},
+            "layers": []"#;
+        for (media_type, translated) in [
+            (
+                r#""mediaType": "application/vnd.oci.image.manifest.v1+json","#,
+                false,
+            ),
+            ("", false),
+            (
+                r#""mediaType": "application/vnd.docker.distribution.manifest.v2+json","#,
+                true,
+            ),
+        ] {
+            let json = format!(r#"{{"schemaVersion": 2, {media_type} {config}}}"#);
+            assert!(
+                matches!(classify(&json), TopLevel::Manifest { translated: t } if t == translated),
+                "{json}"
+            );
+        }
+        let raw = b"not json";
+        assert!(parse_top_level(raw, &verify::sha256_digest(raw)).is_err());
+    }
+
+    #[test]
+    fn manifest_media_types() {
+        assert!(is_image_manifest(&MediaType::ImageManifest));
+        assert!(is_image_manifest(&MediaType::Other(
+            "application/vnd.docker.distribution.manifest.v2+json".into()
+        )));
+        assert!(!is_image_manifest(&MediaType::ImageIndex));
+        assert!(!is_image_manifest(&MediaType::ImageConfig));
+    }
+}

@@ -610,3 +610,76 @@ impl Read for BlobReader {
         Ok(n)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn skopeo_is_told_the_platform() {
+        let mut settings = Settings {
+            reference: "dir:x".into(),
+            insecure_tls: false,
+            platform: None,
+        };
+        assert_eq!(settings.skopeo().get_args().count(), 0);
+        settings.platform = Some(Platform::new("linux", "arm", Some("v7")));
+        let args: Vec<_> = settings.skopeo().get_args().map(|a| a.to_owned()).collect();
+        assert_eq!(
+            args,
+            [
+                "--override-os",
+                "linux",
+                "--override-arch",
+                "arm",
+                "--override-variant",
+                "v7"
+            ]
+        );
+    }
+
+    #[test]
+    fn only_the_unknown_size_complaint_is_forgiven() {
+        let failure =
+            |method: &str, error: &str| containers_image_proxy::Error::RequestInitiationFailure {
+                method: method.into(),
+                error: error.into(),
+            };
+        let size = failure("FinishPipe", "expected 0 bytes in blob, got 10240");
+        assert!(only_unknown_size(&size, 10240));
+        assert!(!only_unknown_size(&size, 10239));
+        let corrupt = failure("FinishPipe", "corrupted blob, expecting sha256:00");
+        assert!(!only_unknown_size(&corrupt, 10240));
+        let other = failure("GetBlob", "expected 0 bytes in blob, got 10240");
+        assert!(!only_unknown_size(&other, 10240));
+    }
+
+    #[test]
+    fn blob_reader_passes_chunks_errors_and_the_end() {
+        let (sender, receiver) = mpsc::channel(4);
+        let mut reader = BlobReader {
+            receiver,
+            chunk: Vec::new(),
+            position: 0,
+        };
+        sender.blocking_send(Ok(b"hello ".to_vec())).expect("open");
+        sender.blocking_send(Ok(Vec::new())).expect("open");
+        sender.blocking_send(Ok(b"world".to_vec())).expect("open");
+        let mut out = [0u8; 4];
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            let n = reader.read(&mut out).expect("data");
+            got.extend_from_slice(&out[..n]);
+        }
+        assert_eq!(got, b"hello worl");
+        sender
+            .blocking_send(Err(io::Error::other("proxy said no")))
+            .expect("open");
+        let mut rest = [0u8; 16];
+        assert_eq!(reader.read(&mut rest).expect("the rest of a chunk"), 1);
+        let err = reader.read(&mut rest).expect_err("the error");
+        assert_eq!(err.to_string(), "proxy said no");
+        drop(sender);
+        assert_eq!(reader.read(&mut rest).expect("end of file"), 0);
+    }
+}
