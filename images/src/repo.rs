@@ -78,6 +78,14 @@ impl<H: FsVerityDigest> Repository<H> {
         }
         let dir = open_dir(path)?;
         flock(&dir, FlockOperation::LockExclusive).io("locking", path)?;
+        // The directories first: meta.json makes the directory a
+        // repository, so an init cut short before it leaves none.
+        for sub in ["objects", "images", "streams"] {
+            match rustix::fs::mkdirat(&dir, sub, Mode::from_raw_mode(0o755)) {
+                Ok(()) | Err(Errno::EXIST) => {}
+                Err(e) => return Err(e).io("creating", path.join(sub)),
+            }
+        }
         let wanted = RepoMeta::new(H::ALGORITHM, options.format);
         match read_meta(&dir, path) {
             Ok(bytes) => {
@@ -101,12 +109,6 @@ impl<H: FsVerityDigest> Repository<H> {
             }
             Err(Error::NotARepository(_)) => write_meta::<H>(&dir, path, &wanted, options)?,
             Err(e) => return Err(e),
-        }
-        for sub in ["objects", "images", "streams"] {
-            match rustix::fs::mkdirat(&dir, sub, Mode::from_raw_mode(0o755)) {
-                Ok(()) | Err(Errno::EXIST) => {}
-                Err(e) => return Err(e).io("creating", path.join(sub)),
-            }
         }
         rustix::fs::fsync(&dir).io("syncing", path)?;
         drop(dir);
