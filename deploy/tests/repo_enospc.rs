@@ -140,6 +140,26 @@ fn create_with_limit(src: &Path, limit: &str, lifted: &str) -> Option<String> {
     let init = output(ours(&repo).args(["repo", "init", "--insecure"]));
     if !init.status.success() {
         let step = assert_disk_full(&init, &format!("repo init with {limit}"));
+        // A failed init leaves no repository, rather than one without
+        // some of its directories, and running it again completes it.
+        fs.remount(lifted);
+        let out = output(
+            ours(&repo)
+                .args(["image", "create"])
+                .arg(src)
+                .args(["--name", "img"]),
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("not a composefs repository"),
+            "after init failed with {limit}: {stderr}"
+        );
+        ok(ours(&repo).args(["repo", "init", "--insecure"]));
+        ok(ours(&repo)
+            .args(["image", "create"])
+            .arg(src)
+            .args(["--name", "img"]));
+        assert_clean(&repo, &format!("after init again with {limit} lifted"));
         return Some(format!("init: {step}"));
     }
     let out = output(
