@@ -1,7 +1,8 @@
 //! Concurrency: four writers (`image create` of their own trees, which
 //! share half their files, under new names, in loops) and a collector
 //! (`image rm` of all but each writer's two newest images, then `repo
-//! gc`, in a loop) run together. Every command must succeed; afterwards
+//! gc`, or `cfsctl gc` every other round when it is installed, in a loop)
+//! run together. Every command must succeed; afterwards
 //! fsck is clean, every ref resolves, every remaining image mounts and
 //! reads, and each writer's last image shows exactly its tree.
 //!
@@ -95,12 +96,19 @@ fn writer(
 #[derive(Debug, Default)]
 struct Collected {
     rounds: usize,
+    /// Rounds in which `cfsctl gc` collected.
+    reference_rounds: usize,
     refs_removed: usize,
     objects_removed: u64,
     longest_gc: Duration,
 }
 
-fn collector(repo: &Path, until: Instant, errors: &Mutex<Vec<String>>) -> Collected {
+fn collector(
+    repo: &Path,
+    cfsctl: Option<&Path>,
+    until: Instant,
+    errors: &Mutex<Vec<String>>,
+) -> Collected {
     let mut done = Collected::default();
     while Instant::now() < until {
         std::thread::sleep(Duration::from_millis(200));
@@ -119,12 +127,32 @@ fn collector(repo: &Path, until: Instant, errors: &Mutex<Vec<String>>) -> Collec
             }
         }
         let started = Instant::now();
-        let Some(out) = try_run(ours(repo).args(["--json", "repo", "gc"]), errors) else {
-            continue;
-        };
+        // Every other round the reference collects: it takes the same
+        // lock, so it must be as safe next to our writers as ours.
+        if let Some(cfsctl) = cfsctl.filter(|_| done.rounds % 2 == 1) {
+            let mut cmd = std::process::Command::new(cfsctl);
+            cmd.arg("--repo").arg(repo).arg("gc");
+            let Some(out) = try_run(&mut cmd, errors) else {
+                continue;
+            };
+            let line = out
+                .lines()
+                .find(|l| l.starts_with("Objects:"))
+                .unwrap_or("");
+            let removed: u64 = line
+                .split(|c: char| !c.is_ascii_digit())
+                .find_map(|w| w.parse().ok())
+                .unwrap_or_else(|| panic!("no count in {out:?}"));
+            done.objects_removed += removed;
+            done.reference_rounds += 1;
+        } else {
+            let Some(out) = try_run(ours(repo).args(["--json", "repo", "gc"]), errors) else {
+                continue;
+            };
+            let report: serde_json::Value = serde_json::from_str(&out).expect("json");
+            done.objects_removed += report["objectsRemoved"].as_u64().expect("count");
+        }
         done.longest_gc = done.longest_gc.max(started.elapsed());
-        let report: serde_json::Value = serde_json::from_str(&out).expect("json");
-        done.objects_removed += report["objectsRemoved"].as_u64().expect("count");
         done.rounds += 1;
     }
     done
@@ -147,6 +175,12 @@ fn writers_and_collector_together() {
         trees.push((tree, own));
     }
 
+    let reference = cfsctl();
+    if reference.is_none() {
+        eprintln!(
+            "SKIPPED writers_and_collector_together (cfsctl gc rounds): cfsctl is not installed"
+        );
+    }
     let length = duration();
     let started = Instant::now();
     let until = started + length;
@@ -160,7 +194,7 @@ fn writers_and_collector_together() {
                 scope.spawn(move || writer(repo, tree, own, i, until, errors))
             })
             .collect();
-        let collected = collector(&repo, until, &errors);
+        let collected = collector(&repo, reference.as_deref(), until, &errors);
         let written: Vec<Written> = writers
             .into_iter()
             .map(|w| w.join().expect("writer thread"))
@@ -201,11 +235,13 @@ fn writers_and_collector_together() {
     let busy: Duration = written.iter().map(|w| w.busy).sum();
     eprintln!(
         "{WRITERS} writers and a collector for {elapsed:.1?}: {creates} image creates \
-         ({:?} per writer, mean {:.2?}), {} gc rounds (longest {:.2?}) removing {} refs and \
+         ({:?} per writer, mean {:.2?}), {} gc rounds ({} of them cfsctl gc; longest \
+         {:.2?}) removing {} refs and \
          {} objects; all commands succeeded; fsck clean ({} objects), {refs} refs resolve; {}",
         written.iter().map(|w| w.images.len()).collect::<Vec<_>>(),
         busy / creates.max(1) as u32,
         collected.rounds,
+        collected.reference_rounds,
         collected.longest_gc,
         collected.refs_removed,
         collected.objects_removed,
