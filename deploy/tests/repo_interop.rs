@@ -438,3 +438,72 @@ fn cfsctl_oci_pull_survives_our_gc() {
         report["objectsChecked"],
     );
 }
+
+#[test]
+fn other_hashes_and_formats_both_ways() {
+    let test = "other_hashes_and_formats_both_ways";
+    let Some(cfsctl) = cfsctl() else {
+        eprintln!("SKIPPED {test}: cfsctl is not installed (run ./dev test)");
+        return;
+    };
+    let work = tempfile::tempdir().expect("tempdir");
+    let src = work.path().join("src");
+    write_files(&src, 50, (1, 10_000), 7);
+    let mut done = Vec::new();
+    for (hash, version) in [("sha256", "1"), ("sha512", "2"), ("sha256", "2")] {
+        let theirs_repo = work.path().join(format!("theirs-{hash}-v{version}"));
+        let ours_repo = work.path().join(format!("ours-{hash}-v{version}"));
+        ok(Command::new(&cfsctl)
+            .arg("--repo")
+            .arg(&theirs_repo)
+            .args(["init", "--insecure", "--erofs-version", version])
+            .arg(format!("--algorithm=fsverity-{hash}-12")));
+        ok(ours(&ours_repo).args([
+            "--hash",
+            hash,
+            "--erofs-version",
+            version,
+            "repo",
+            "init",
+            "--insecure",
+        ]));
+        assert_eq!(
+            std::fs::read_to_string(theirs_repo.join("meta.json")).expect("read"),
+            std::fs::read_to_string(ours_repo.join("meta.json")).expect("read"),
+            "meta.json of {hash} V{version}"
+        );
+        let theirs_id = theirs(
+            &cfsctl,
+            &theirs_repo,
+            &["create-image", src.to_str().unwrap(), "a"],
+        );
+        let ours_id = ok(ours(&ours_repo)
+            .args(["image", "create"])
+            .arg(&src)
+            .args(["--name", "a"]));
+        assert_eq!(theirs_id.trim(), ours_id.trim(), "{hash} V{version}");
+        // Each tool checks and extends the other's repository.
+        let report = assert_clean(&theirs_repo, &format!("cfsctl's {hash} V{version}"));
+        assert_eq!(report["imagesChecked"], 1);
+        ok(ours(&theirs_repo)
+            .args(["image", "create"])
+            .arg(&src)
+            .args(["--name", "b"]));
+        theirs(&cfsctl, &ours_repo, &["fsck"]);
+        theirs(
+            &cfsctl,
+            &ours_repo,
+            &["create-image", src.to_str().unwrap(), "b"],
+        );
+        theirs(&cfsctl, &theirs_repo, &["fsck"]);
+        assert_clean(
+            &ours_repo,
+            &format!("our {hash} V{version} after cfsctl wrote"),
+        );
+        done.push(format!("{hash} V{version}"));
+    }
+    eprintln!(
+        "{done:?}: meta.json byte-identical, same image id, each tool fscks and writes into the \
+         other's repository"
+    );
+}
