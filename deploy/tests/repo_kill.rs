@@ -42,21 +42,32 @@ struct Tally {
     leftover_links: usize,
 }
 
-/// Runs `cmd`, SIGKILLs it after `delay`, and records how it ended. A run
-/// that ends on its own must have succeeded. Returns whether the kill
-/// landed.
-fn run_and_kill(cmd: &mut Command, delay: Duration, tally: &mut Tally) -> bool {
+/// Runs `cmd`, SIGKILLs it after `delay` unless it has ended, and
+/// records how it ended. A run that ends on its own must have
+/// succeeded. Returns whether the kill landed, and how long a run that
+/// ended on its own took.
+fn run_and_kill(cmd: &mut Command, delay: Duration, tally: &mut Tally) -> (bool, Option<Duration>) {
     let mut child = cmd
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn");
-    std::thread::sleep(delay);
-    let _ = child.kill();
+    let started = Instant::now();
+    let ended = loop {
+        if child.try_wait().expect("try_wait").is_some() {
+            break Some(started.elapsed());
+        }
+        let elapsed = started.elapsed();
+        if elapsed >= delay {
+            let _ = child.kill();
+            break None;
+        }
+        std::thread::sleep((delay - elapsed).min(Duration::from_micros(200)));
+    };
     let out = child.wait_with_output().expect("wait");
     if out.status.signal() == Some(9) {
         tally.landed += 1;
-        true
+        (true, None)
     } else {
         assert!(
             out.status.success(),
@@ -64,13 +75,29 @@ fn run_and_kill(cmd: &mut Command, delay: Duration, tally: &mut Tally) -> bool {
             String::from_utf8_lossy(&out.stderr)
         );
         tally.finished += 1;
-        false
+        (false, ended)
+    }
+}
+
+/// The expected length of an uninterrupted run, learnt from the runs
+/// themselves: a run that ends on its own shows its length, a kill that
+/// lands beyond the estimate shows the estimate is short.
+#[derive(Debug)]
+struct Estimate(Duration);
+
+impl Estimate {
+    fn learn(&mut self, delay: Duration, landed: bool, ended: Option<Duration>) {
+        if let Some(took) = ended {
+            self.0 = (self.0 + took) / 2;
+        } else if landed && delay > self.0 {
+            self.0 = delay;
+        }
     }
 }
 
 /// A delay over the whole run (and a little after it).
-fn random_delay(rng: &mut StdRng, full: Duration) -> Duration {
-    full.mul_f64(rng.random_range(0.0..1.1))
+fn random_delay(rng: &mut StdRng, full: &Estimate) -> Duration {
+    full.0.mul_f64(rng.random_range(0.0..1.1))
 }
 
 /// Runs `cmd` and SIGKILLs it as soon as `now()` holds (polled in a
@@ -135,9 +162,7 @@ fn sigkill_during_image_create() {
     let started = Instant::now();
     let mut previous = create(&repo, &src, "kill");
     let first = started.elapsed();
-    // Each kill's delay is spread over the last uninterrupted run, which
-    // did the same work (the same number of new objects).
-    let mut full = first;
+    let mut full = Estimate(first);
     let mut rng = rng(42);
     let mut tally = Tally::default();
     let mut rerun_time = Duration::ZERO;
@@ -155,8 +180,10 @@ fn sigkill_during_image_create() {
         // soon as the new image's link appears, before or while the ref
         // is replaced.
         let (landed, delay) = if i % 2 == 0 {
-            let delay = random_delay(&mut rng, full);
-            (run_and_kill(&mut cmd, delay, &mut tally), Some(delay))
+            let delay = random_delay(&mut rng, &full);
+            let (landed, ended) = run_and_kill(&mut cmd, delay, &mut tally);
+            full.learn(delay, landed, ended);
+            (landed, Some(delay))
         } else {
             let before = image_entries(&repo);
             let landed = run_and_kill_when(&mut cmd, || image_entries(&repo) > before, &mut late);
@@ -168,8 +195,7 @@ fn sigkill_during_image_create() {
 
         let rerun = Instant::now();
         let digest = create(&repo, &src, "kill");
-        full = rerun.elapsed();
-        rerun_time += full;
+        rerun_time += rerun.elapsed();
         assert_eq!(image_refs(&repo).get("kill"), Some(&digest));
         // The killed run left the old image or completed the new one.
         assert!(
@@ -265,15 +291,17 @@ fn sigkill_during_gc() {
         })
         .collect();
     runs.sort();
-    let full = runs[1];
+    let mut full = Estimate(runs[1]);
+    let first = runs[1];
 
     let mut tally = Tally::default();
     let test_start = Instant::now();
     let mut removed_by_reruns = 0u64;
     for i in 0..kills() {
         make_garbage(&repo, &small, GARBAGE, &mut rng);
-        let delay = random_delay(&mut rng, full);
-        run_and_kill(ours(&repo).args(["repo", "gc"]), delay, &mut tally);
+        let delay = random_delay(&mut rng, &full);
+        let (landed, ended) = run_and_kill(ours(&repo).args(["repo", "gc"]), delay, &mut tally);
+        full.learn(delay, landed, ended);
         tally.leftover_links += leftover_links(&repo);
         check_consistent(&repo, &format!("after kill {i} at {delay:?}"));
         assert!(image_refs(&repo).contains_key("live"));
@@ -290,10 +318,11 @@ fn sigkill_during_gc() {
     let n = kills();
     eprintln!(
         "repo gc on a {kind}: {LIVE_FILES} live files, {GARBAGE} garbage objects and an \
-         unnamed image per round, uninterrupted gc {full:.2?} (median of 3); {n} kills: {} mid-run, {} \
+         unnamed image per round, uninterrupted gc {first:.2?} (median of 3, then learnt from the runs: {:.2?} at the end); {n} kills: {} mid-run, {} \
          after the run had finished; fsck clean and refs resolved after every kill; reruns \
          completed, removing {removed_by_reruns} leftover objects in all, and left nothing \
          to collect; total {:.1?}",
+        full.0,
         tally.landed,
         tally.finished,
         test_start.elapsed()
