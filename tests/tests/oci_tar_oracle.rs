@@ -1409,7 +1409,7 @@ fn gnu_tar_archives() {
     std::os::unix::fs::symlink("../usr", root.join("etc/usr")).unwrap();
     rustix::fs::mknodat(
         rustix::fs::CWD,
-        &root.join("etc/fifo"),
+        root.join("etc/fifo"),
         rustix::fs::FileType::Fifo,
         rustix::fs::Mode::from_raw_mode(0o600),
         0,
