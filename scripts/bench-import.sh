@@ -33,10 +33,9 @@ bytes=$(du -sb --apparent-size "$tree" | cut -f1)
 # Warm the page cache so every contender reads from memory.
 find "$tree" -type f -print0 | xargs -0 cat > /dev/null
 
-measure() { # label, command...: prints "seconds peak-KiB"
-    local out
-    out=$( { /usr/bin/time -f '%e %M' "$@" > /dev/null 2>/dev/null; } 2>&1 | tail -1)
-    echo "$out"
+measure() { # command...: prints "seconds peak-KiB"
+    /usr/bin/time -o "$work/time.out" -f '%e %M' "$@" > /dev/null
+    cat "$work/time.out"
 }
 raw=$(measure bash -c "find '$tree' -type f -print0 | xargs -0 -n 200 -P $(nproc) sha256sum")
 
