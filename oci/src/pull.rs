@@ -138,6 +138,35 @@ pub fn pull<H: FsVerityDigest>(
         )));
     }
 
+    let format = repo.format();
+    let tag = tag.unwrap_or(reference).to_owned();
+    let manifest_digest = manifest.digest.to_string();
+    let config_digest = config.digest.to_string();
+    let manifest_id = format!("oci-manifest-{manifest_digest}");
+
+    // Already complete (its config names its image): only the tag moves.
+    if repo.has_stream(&manifest_id)?.is_some() {
+        if let Ok((_, stored)) = repo.open_stream(&format!("oci-config-{config_digest}")) {
+            if let Some(image) = stored.named_ref(image_ref_key(format)).copied() {
+                let boot_image = stored
+                    .named_ref(boot_image_ref_key(format))
+                    .copied()
+                    .ok_or_else(|| "not generated when first pulled".to_owned());
+                repo.name_stream(&manifest_id, &tag_ref(&tag))?;
+                return Ok(PullReport {
+                    manifest_digest,
+                    config_digest,
+                    layers_fetched: 0,
+                    layers_present: diff_ids.len(),
+                    image,
+                    boot_image,
+                    departures: Vec::new(),
+                    tag,
+                });
+            }
+        }
+    }
+
     // Layers, skipping those already stored under their diff_id.
     let (mut fetched, mut present) = (0, 0);
     let mut layer_streams = Vec::with_capacity(layers.len());
@@ -203,7 +232,6 @@ pub fn pull<H: FsVerityDigest>(
         stream_ref(&mut writer, boot_image_ref_key(format), *boot)?;
     }
     writer.write_external(repo.ensure_object(&config.raw)?, config.raw.len() as u64);
-    let config_digest = config.digest.to_string();
     let config_stream = repo.write_stream(
         &format!("oci-config-{config_digest}"),
         &writer.finish(),
@@ -211,7 +239,6 @@ pub fn pull<H: FsVerityDigest>(
     )?;
 
     // Manifest: refs to the config and the layers.
-    let manifest_digest = manifest.digest.to_string();
     let mut writer = SplitStreamWriter::<H>::new(ContentType::OCI_MANIFEST);
     stream_ref(
         &mut writer,
@@ -225,11 +252,9 @@ pub fn pull<H: FsVerityDigest>(
         repo.ensure_object(&manifest.raw)?,
         manifest.raw.len() as u64,
     );
-    let manifest_id = format!("oci-manifest-{manifest_digest}");
     repo.write_stream(&manifest_id, &writer.finish(), None)?;
 
     // Last, the tag: the only root, so the image is complete before it.
-    let tag = tag.unwrap_or(reference).to_owned();
     repo.name_stream(&manifest_id, &tag_ref(&tag))?;
     Ok(PullReport {
         manifest_digest,

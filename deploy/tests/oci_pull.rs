@@ -1,0 +1,143 @@
+//! `cfs-deploy image pull` against `cfsctl oci pull --bootable` on the same
+//! OCI layout (two layers, one of them whiting out and replacing files of
+//! the other): the same plain and boot images, and a second pull that
+//! fetches nothing.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use cfs_tests::oci_layout::{tar_archive, write_layout, ImageSpec, LayerBlob, LayerSpec};
+
+const OURS: &str = env!("CARGO_BIN_EXE_cfs-deploy");
+
+fn cfsctl() -> Option<PathBuf> {
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))?;
+    let path = home.join("bin/cfsctl");
+    path.exists().then_some(path)
+}
+
+fn output(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("spawn");
+    assert!(out.status.success(), "{cmd:?} failed: {out:?}");
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+fn field<'a>(text: &'a str, key: &str) -> &'a str {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .unwrap_or_else(|| panic!("no {key:?} in {text}"))
+        .trim()
+}
+
+fn layout(dir: &Path) {
+    let big = vec![7u8; 100_000];
+    let base = tar_archive(&[
+        ("usr/", b""),
+        ("usr/bin/", b""),
+        ("usr/bin/tool", &big),
+        ("usr/lib/", b""),
+        ("usr/lib/small", b"tiny"),
+        ("etc/", b""),
+        ("etc/old.conf", b"old"),
+        ("boot/", b""),
+        ("boot/vmlinuz", &big[..5000]),
+        ("sysroot/", b""),
+    ]);
+    let update = tar_archive(&[
+        ("etc/", b""),
+        ("etc/.wh.old.conf", b""),
+        (
+            "etc/new.conf",
+            b"new configuration, more than sixty-four bytes long to be external!!",
+        ),
+        ("usr/lib/small", b"replaced"),
+    ]);
+    let layers = vec![
+        LayerSpec {
+            tar: base,
+            blob: LayerBlob::Gzip,
+        },
+        LayerSpec {
+            tar: update,
+            blob: LayerBlob::Zstd,
+        },
+    ];
+    write_layout(dir, "v1", &[ImageSpec::linux("amd64", layers)]).expect("write layout");
+}
+
+#[test]
+fn pull_matches_cfsctl_and_second_pull_fetches_nothing() {
+    let Some(cfsctl) = cfsctl() else {
+        eprintln!("SKIPPED pull_matches_cfsctl: cfsctl is not installed (run ./dev test)");
+        return;
+    };
+    let work = tempfile::tempdir().expect("tempdir");
+    let dir = work.path().join("layout");
+    layout(&dir);
+    let source = format!("oci:{}:v1", dir.display());
+
+    let ours = work.path().join("ours");
+    output(
+        Command::new(OURS)
+            .arg("--repo")
+            .arg(&ours)
+            .args(["repo", "init", "--insecure"]),
+    );
+    let first = output(
+        Command::new(OURS)
+            .arg("--repo")
+            .arg(&ours)
+            .args(["image", "pull", &source]),
+    );
+    assert_eq!(field(&first, "layers "), "2 fetched, 0 already present");
+
+    let theirs = work.path().join("theirs");
+    output(
+        Command::new(&cfsctl)
+            .arg("--repo")
+            .arg(&theirs)
+            .args(["init", "--insecure"]),
+    );
+    let reference = output(Command::new(&cfsctl).arg("--repo").arg(&theirs).args([
+        "--insecure",
+        "oci",
+        "pull",
+        "--bootable",
+        &source,
+        "img",
+    ]));
+    let plain = output(Command::new(&cfsctl).arg("--repo").arg(&theirs).args([
+        "--insecure",
+        "oci",
+        "compute-id",
+        "img",
+    ]));
+    assert_eq!(field(&first, "image "), plain.trim(), "plain image");
+    assert_eq!(
+        field(&first, "boot image "),
+        field(&reference, "Boot image:"),
+        "boot image"
+    );
+
+    let second = output(
+        Command::new(OURS)
+            .arg("--repo")
+            .arg(&ours)
+            .args(["image", "pull", &source, "--name", "again"]),
+    );
+    assert_eq!(field(&second, "layers "), "0 fetched, 2 already present");
+    assert_eq!(field(&second, "image "), field(&first, "image "));
+    output(
+        Command::new(OURS)
+            .arg("--repo")
+            .arg(&ours)
+            .args(["repo", "fsck"]),
+    );
+    eprintln!(
+        "pull: plain {} and boot {} equal cfsctl's; second pull fetched 0 layers",
+        &plain.trim()[..16],
+        &field(&first, "boot image ")[..16]
+    );
+}
