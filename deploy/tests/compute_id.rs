@@ -9,45 +9,24 @@ use cfs_erofs::digest::Sha256Digest;
 use cfs_erofs::tree::{Directory, FileName, Inode, Stat};
 use cfs_tests::ondisk::{fill_external, write_tree};
 use cfs_tests::{random_tree, TreeParams};
+use common::{cfsctl, is_root, ok, OURS};
 
-const OURS: &str = env!("CARGO_BIN_EXE_cfs-deploy");
-
-/// The reference tool, if installed (`./dev` installs it).
-fn cfsctl() -> Option<PathBuf> {
-    let home = std::env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))?;
-    let path = home.join("bin/cfsctl");
-    path.exists().then_some(path)
-}
-
-fn output(cmd: &mut Command) -> String {
-    let out = cmd.output().expect("spawn");
-    assert!(out.status.success(), "{cmd:?} failed: {out:?}");
-    String::from_utf8(out.stdout)
-        .expect("utf-8")
-        .trim()
-        .to_owned()
-}
+mod common;
 
 /// Both tools' digests for `dir` with `(global, local)` flags; panics
 /// naming the flags if they differ.
 fn compare(cfsctl: &Path, dir: &Path, (global, local): Flags) -> String {
-    let ours = output(
-        Command::new(OURS)
-            .args(global)
-            .args(["image", "compute-id"])
-            .args(local)
-            .arg(dir),
-    );
-    let theirs = output(
-        Command::new(cfsctl)
-            .arg("--no-repo")
-            .args(global)
-            .arg("compute-id")
-            .args(local)
-            .arg(dir),
-    );
+    let ours = ok(Command::new(OURS)
+        .args(global)
+        .args(["image", "compute-id"])
+        .args(local)
+        .arg(dir));
+    let theirs = ok(Command::new(cfsctl)
+        .arg("--no-repo")
+        .args(global)
+        .arg("compute-id")
+        .args(local)
+        .arg(dir));
     assert_eq!(ours, theirs, "compute-id {global:?} {local:?} of {dir:?}");
     ours
 }
@@ -78,10 +57,6 @@ fn add_os_dirs(root: &mut Directory) {
                 .insert(name, Inode::Directory(Box::new(Directory::new(stat))));
         }
     }
-}
-
-fn is_root() -> bool {
-    rustix::process::geteuid().is_root()
 }
 
 #[test]
@@ -129,7 +104,7 @@ fn debian_root_filesystem() {
     }
     let cache = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-cache");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/test-rootfs.sh");
-    let root = PathBuf::from(output(Command::new(script).arg(&cache)));
+    let root = PathBuf::from(ok(Command::new(script).arg(&cache)).trim());
     let files = walk_count(&root);
     for flags in FLAG_SETS {
         let digest = compare(&cfsctl, &root, flags);

@@ -3,26 +3,13 @@
 //! the other): the same plain and boot images, and a second pull that
 //! fetches nothing.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use cfs_tests::oci_layout::{tar_archive, write_layout, ImageSpec, LayerBlob, LayerSpec};
+use common::{cfsctl, ok, OURS};
 
-const OURS: &str = env!("CARGO_BIN_EXE_cfs-deploy");
-
-fn cfsctl() -> Option<PathBuf> {
-    let home = std::env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))?;
-    let path = home.join("bin/cfsctl");
-    path.exists().then_some(path)
-}
-
-fn output(cmd: &mut Command) -> String {
-    let out = cmd.output().expect("spawn");
-    assert!(out.status.success(), "{cmd:?} failed: {out:?}");
-    String::from_utf8(out.stdout).expect("utf-8")
-}
+mod common;
 
 fn field<'a>(text: &'a str, key: &str) -> &'a str {
     text.lines()
@@ -79,28 +66,22 @@ fn pull_matches_cfsctl_and_second_pull_fetches_nothing() {
     let source = format!("oci:{}:v1", dir.display());
 
     let ours = work.path().join("ours");
-    output(
-        Command::new(OURS)
-            .arg("--repo")
-            .arg(&ours)
-            .args(["repo", "init", "--insecure"]),
-    );
-    let first = output(
-        Command::new(OURS)
-            .arg("--repo")
-            .arg(&ours)
-            .args(["image", "pull", &source]),
-    );
+    ok(Command::new(OURS)
+        .arg("--repo")
+        .arg(&ours)
+        .args(["repo", "init", "--insecure"]));
+    let first = ok(Command::new(OURS)
+        .arg("--repo")
+        .arg(&ours)
+        .args(["image", "pull", &source]));
     assert_eq!(field(&first, "layers "), "2 fetched, 0 already present");
 
     let theirs = work.path().join("theirs");
-    output(
-        Command::new(&cfsctl)
-            .arg("--repo")
-            .arg(&theirs)
-            .args(["init", "--insecure"]),
-    );
-    let reference = output(Command::new(&cfsctl).arg("--repo").arg(&theirs).args([
+    ok(Command::new(&cfsctl)
+        .arg("--repo")
+        .arg(&theirs)
+        .args(["init", "--insecure"]));
+    let reference = ok(Command::new(&cfsctl).arg("--repo").arg(&theirs).args([
         "--insecure",
         "oci",
         "pull",
@@ -108,7 +89,7 @@ fn pull_matches_cfsctl_and_second_pull_fetches_nothing() {
         &source,
         "img",
     ]));
-    let plain = output(Command::new(&cfsctl).arg("--repo").arg(&theirs).args([
+    let plain = ok(Command::new(&cfsctl).arg("--repo").arg(&theirs).args([
         "--insecure",
         "oci",
         "compute-id",
@@ -121,20 +102,16 @@ fn pull_matches_cfsctl_and_second_pull_fetches_nothing() {
         "boot image"
     );
 
-    let second = output(
-        Command::new(OURS)
-            .arg("--repo")
-            .arg(&ours)
-            .args(["image", "pull", &source, "--name", "again"]),
-    );
+    let second = ok(Command::new(OURS)
+        .arg("--repo")
+        .arg(&ours)
+        .args(["image", "pull", &source, "--name", "again"]));
     assert_eq!(field(&second, "layers "), "0 fetched, 2 already present");
     assert_eq!(field(&second, "image "), field(&first, "image "));
-    output(
-        Command::new(OURS)
-            .arg("--repo")
-            .arg(&ours)
-            .args(["repo", "fsck"]),
-    );
+    ok(Command::new(OURS)
+        .arg("--repo")
+        .arg(&ours)
+        .args(["repo", "fsck"]));
     eprintln!(
         "pull: plain {} and boot {} equal cfsctl's; second pull fetched 0 layers",
         &plain.trim()[..16],
