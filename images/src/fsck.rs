@@ -209,24 +209,47 @@ impl<H: FsVerityDigest> Repository<H> {
         (checked, problems, corrupt)
     }
 
+    /// The content of the object a top-level link names, or `None` with
+    /// the problem recorded.
+    fn linked_object(
+        &self,
+        report: &mut FsckReport,
+        path: &str,
+        digest: Option<H>,
+    ) -> Option<Vec<u8>> {
+        let Some(digest) = digest.filter(|d| self.has_object(d).unwrap_or(false)) else {
+            report.problem(
+                ProblemKind::BrokenLink,
+                path,
+                "does not name a stored object",
+            );
+            return None;
+        };
+        self.read_object(&digest)
+            .map_err(|e| report.problem(ProblemKind::Unreadable, path, e))
+            .ok()
+    }
+
+    /// Records every object of `wanted` that is not stored.
+    fn report_missing(
+        &self,
+        report: &mut FsckReport,
+        path: &str,
+        wanted: impl IntoIterator<Item = H>,
+    ) {
+        for object in wanted {
+            if !self.has_object(&object).unwrap_or(false) {
+                report.problem(ProblemKind::MissingObject, path, object.to_hex());
+            }
+        }
+    }
+
     fn check_streams(&self, report: &mut FsckReport) -> Result<()> {
         for (name, digest) in self.top_links("streams")? {
             report.streams_checked += 1;
             let path = format!("streams/{name}");
-            let Some(digest) = digest.filter(|d| self.has_object(d).unwrap_or(false)) else {
-                report.problem(
-                    ProblemKind::BrokenLink,
-                    path,
-                    "does not name a stored object",
-                );
+            let Some(bytes) = self.linked_object(report, &path, digest) else {
                 continue;
-            };
-            let bytes = match self.read_object(&digest) {
-                Ok(bytes) => bytes,
-                Err(e) => {
-                    report.problem(ProblemKind::Unreadable, path, e);
-                    continue;
-                }
             };
             let stream = match SplitStream::<H>::parse(bytes) {
                 Ok(stream) => stream,
@@ -245,11 +268,7 @@ impl<H: FsVerityDigest> Repository<H> {
                 .chain(stream.stream_refs())
                 .copied()
                 .collect::<HashSet<H>>();
-            for object in wanted {
-                if !self.has_object(&object).unwrap_or(false) {
-                    report.problem(ProblemKind::MissingObject, &path, object.to_hex());
-                }
-            }
+            self.report_missing(report, &path, wanted);
         }
         Ok(())
     }
@@ -258,30 +277,12 @@ impl<H: FsVerityDigest> Repository<H> {
         for (name, digest) in self.top_links("images")? {
             report.images_checked += 1;
             let path = format!("images/{name}");
-            let Some(digest) = digest.filter(|d| self.has_object(d).unwrap_or(false)) else {
-                report.problem(
-                    ProblemKind::BrokenLink,
-                    path,
-                    "does not name a stored object",
-                );
+            let Some(bytes) = self.linked_object(report, &path, digest) else {
                 continue;
             };
-            let referenced = self
-                .read_object(&digest)
-                .map_err(|e| (ProblemKind::Unreadable, e.to_string()))
-                .and_then(|bytes| {
-                    cfs_erofs::reader::referenced_objects::<H>(&bytes)
-                        .map_err(|e| (ProblemKind::BadImage, e.to_string()))
-                });
-            match referenced {
-                Ok(objects) => {
-                    for object in objects {
-                        if !self.has_object(&object).unwrap_or(false) {
-                            report.problem(ProblemKind::MissingObject, &path, object.to_hex());
-                        }
-                    }
-                }
-                Err((kind, e)) => report.problem(kind, path, e),
+            match cfs_erofs::reader::referenced_objects::<H>(&bytes) {
+                Ok(objects) => self.report_missing(report, &path, objects),
+                Err(e) => report.problem(ProblemKind::BadImage, path, e),
             }
         }
         Ok(())
