@@ -158,6 +158,25 @@ pub enum ImageCommand {
         #[arg(long)]
         insecure_registry: bool,
     },
+    /// List pulled OCI images by tag.
+    Ls,
+    /// Show a pulled image: manifest, config, layers, EROFS images.
+    Inspect {
+        /// The tag.
+        name: String,
+    },
+    /// Give a pulled image another tag.
+    Tag {
+        /// The existing tag.
+        source: String,
+        /// The new tag (replaces what it named).
+        new: String,
+    },
+    /// Remove a tag; `repo gc` then reclaims what only it kept.
+    Untag {
+        /// The tag.
+        name: String,
+    },
     /// Remove an image ref; `repo gc` then reclaims what only it kept.
     Rm {
         /// The image ref.

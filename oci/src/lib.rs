@@ -7,6 +7,7 @@
 //! build the one filesystem tree its EROFS images are written from.
 #![deny(missing_docs, clippy::print_stdout, clippy::print_stderr)]
 
+pub mod catalog;
 pub mod fetch;
 pub mod merge;
 pub mod pull;

@@ -12,6 +12,7 @@ use cfs_erofs::fsverity::FsVerityHasher;
 use cfs_erofs::scan::ContentSink;
 use cfs_erofs::tree::FileSystem;
 use cfs_erofs::{dumpfile, reader, scan, transform, writer};
+use cfs_oci::catalog;
 
 use super::{open_repo, print_json};
 use crate::cli::{Args, ImageCommand, TreeOptions};
@@ -118,6 +119,57 @@ pub fn run<H: FsVerityDigest>(args: &Args, command: &ImageCommand) -> Result<()>
                 println!("tagged {}", report.tag);
             }
         }
+        ImageCommand::Ls => {
+            let repo = open_repo::<H>(args)?;
+            let images = catalog::list(&repo).context("listing images")?;
+            if args.json {
+                print_json(&images.iter().map(image_json).collect::<Vec<_>>())?;
+            } else {
+                for image in &images {
+                    println!(
+                        "{}\t{}\t{}\t{} layers\t{} bytes",
+                        image.tag,
+                        image.manifest_digest,
+                        image.platform,
+                        image.layers.len(),
+                        image.size()
+                    );
+                }
+            }
+        }
+        ImageCommand::Inspect { name } => {
+            let repo = open_repo::<H>(args)?;
+            let image = catalog::inspect(&repo, name)?;
+            if args.json {
+                print_json(&image_json(&image))?;
+            } else {
+                let hex = |d: &Option<H>| d.as_ref().map_or("none".to_owned(), |d| d.to_hex());
+                println!("tag {}", image.tag);
+                println!("manifest {}", image.manifest_digest);
+                println!("config {}", image.config_digest);
+                println!("platform {}", image.platform);
+                if let Some(created) = &image.created {
+                    println!("created {created}");
+                }
+                println!("image {}", hex(&image.image));
+                println!("boot image {}", hex(&image.boot_image));
+                println!("size {}", image.size());
+                for layer in &image.layers {
+                    println!(
+                        "layer {} {} {} {}",
+                        layer.digest, layer.diff_id, layer.size, layer.media_type
+                    );
+                }
+            }
+        }
+        ImageCommand::Tag { source, new } => {
+            let repo = open_repo::<H>(args)?;
+            catalog::tag(&repo, source, new)?;
+        }
+        ImageCommand::Untag { name } => {
+            let repo = open_repo::<H>(args)?;
+            catalog::untag(&repo, name)?;
+        }
         ImageCommand::Rm { name } => {
             let repo = open_repo::<H>(args)?;
             if !repo.remove_image_ref(name)? {
@@ -126,6 +178,26 @@ pub fn run<H: FsVerityDigest>(args: &Args, command: &ImageCommand) -> Result<()>
         }
     }
     Ok(())
+}
+
+/// The JSON form of a pulled image, shared by `image ls` and `inspect`.
+fn image_json<H: FsVerityDigest>(image: &catalog::ImageInfo<H>) -> serde_json::Value {
+    serde_json::json!({
+        "tag": image.tag,
+        "manifest": image.manifest_digest,
+        "config": image.config_digest,
+        "platform": image.platform,
+        "created": image.created,
+        "image": image.image.as_ref().map(|d| d.to_hex()),
+        "bootImage": image.boot_image.as_ref().map(|d| d.to_hex()),
+        "size": image.size(),
+        "layers": image.layers.iter().map(|l| serde_json::json!({
+            "digest": l.digest,
+            "diffId": l.diff_id,
+            "size": l.size,
+            "mediaType": l.media_type,
+        })).collect::<Vec<_>>(),
+    })
 }
 
 /// Reads a directory the way `cfsctl` does for the same options, handing

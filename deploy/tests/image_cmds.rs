@@ -1,0 +1,131 @@
+//! `image ls`, `inspect`, `tag` and `untag` on pulled `oci:` images: what
+//! they report matches what the layout holds (diff_ids hashed here from
+//! the tars, digests from the layout's own index), and untagging plus
+//! `repo gc` reclaims exactly the untagged image's own objects.
+
+use std::path::Path;
+use std::process::Command;
+
+use cfs_tests::oci_layout::{tar_archive, write_layout, ImageSpec, LayerBlob, LayerSpec};
+use common::{assert_clean, object_of, ok, ours, output};
+use sha2::{Digest, Sha256};
+
+mod common;
+
+/// A one-layer image whose only large file is `unique` (stored as an
+/// object), in an `oci:` layout at `dir` under `tag`. Returns the layer's
+/// diff_id, hashed here.
+fn image(dir: &Path, tag: &str, unique: &[u8]) -> String {
+    let tar = tar_archive(&[
+        ("usr/", b""),
+        ("usr/bin/", b""),
+        ("usr/bin/tool", unique),
+        ("etc/", b""),
+        ("etc/hostname", b"demo"),
+    ]);
+    let diff_id = format!("sha256:{:x}", Sha256::digest(&tar));
+    let layers = vec![LayerSpec {
+        tar,
+        blob: LayerBlob::Gzip,
+    }];
+    write_layout(dir, tag, &[ImageSpec::linux("amd64", layers)]).expect("write layout");
+    diff_id
+}
+
+/// The manifest digest the layout's index gives `tag`.
+fn indexed_manifest(dir: &Path, tag: &str) -> String {
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
+    index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
+        .unwrap_or_else(|| panic!("{tag} not in {index}"))["digest"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+fn json(cmd: &mut Command) -> serde_json::Value {
+    let text = ok(cmd);
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+fn tags(repo: &Path) -> Vec<String> {
+    json(ours(repo).args(["--json", "image", "ls"]))
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["tag"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn ls_inspect_tag_untag_and_gc() {
+    let work = tempfile::tempdir().unwrap();
+    let (one, two) = (work.path().join("one"), work.path().join("two"));
+    let unique_one = vec![1u8; 70_000];
+    let unique_two = vec![2u8; 80_000];
+    let diff_one = image(&one, "v1", &unique_one);
+    image(&two, "v2", &unique_two);
+    let repo = work.path().join("repo");
+    ok(ours(&repo).args(["repo", "init", "--insecure"]));
+    let pulled = json(ours(&repo).args([
+        "--json",
+        "image",
+        "pull",
+        &format!("oci:{}:v1", one.display()),
+        "--name",
+        "one",
+    ]));
+    ok(ours(&repo).args(["image", "pull", &format!("oci:{}:v2", two.display())]));
+    ok(ours(&repo)
+        .args(["image", "pull", "--name", "two"])
+        .arg(format!("oci:{}:v2", two.display())));
+    ok(ours(&repo).args(["image", "untag", &format!("oci:{}:v2", two.display())]));
+
+    // inspect reports the layout's manifest, the tar's diff_id and the
+    // images the pull made.
+    let info = json(ours(&repo).args(["--json", "image", "inspect", "one"]));
+    assert_eq!(info["manifest"], indexed_manifest(&one, "v1"));
+    assert_eq!(info["manifest"], pulled["manifest"]);
+    assert_eq!(info["config"], pulled["config"]);
+    assert_eq!(info["platform"], "linux/amd64");
+    assert_eq!(info["layers"][0]["diffId"], diff_one.as_str());
+    assert_eq!(info["layers"].as_array().unwrap().len(), 1);
+    assert_eq!(info["image"], pulled["image"]);
+    assert_eq!(info["bootImage"], pulled["bootImage"]);
+    let text = ok(ours(&repo).args(["image", "inspect", "one"]));
+    assert!(text.contains(&format!(
+        "layer {}",
+        info["layers"][0]["digest"].as_str().unwrap()
+    )));
+
+    // tag gives a second name to the same manifest; ls shows both.
+    ok(ours(&repo).args(["image", "tag", "one", "also/one"]));
+    assert_eq!(tags(&repo), ["also/one", "one", "two"]);
+    let also = json(ours(&repo).args(["--json", "image", "inspect", "also/one"]));
+    assert_eq!(also["manifest"], info["manifest"]);
+
+    // Unknown names are errors that say which name.
+    let missing = output(ours(&repo).args(["image", "untag", "nope"]));
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no image tagged \"nope\""));
+    let missing = output(ours(&repo).args(["image", "inspect", "nope"]));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no image tagged \"nope\""));
+
+    // Untagging one name keeps the image; untagging the last lets gc take
+    // its own objects and nothing of the other image.
+    ok(ours(&repo).args(["image", "untag", "one"]));
+    ok(ours(&repo).args(["repo", "gc"]));
+    assert!(repo.join(object_of(&unique_one)).exists());
+    ok(ours(&repo).args(["image", "untag", "also/one"]));
+    assert_eq!(tags(&repo), ["two"]);
+    ok(ours(&repo).args(["repo", "gc"]));
+    assert!(!repo.join(object_of(&unique_one)).exists());
+    assert!(repo.join(object_of(&unique_two)).exists());
+    assert_clean(&repo, "after untag and gc");
+    let two_info = json(ours(&repo).args(["--json", "image", "inspect", "two"]));
+    assert_eq!(two_info["manifest"], indexed_manifest(&two, "v2"));
+}

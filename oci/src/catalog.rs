@@ -1,0 +1,214 @@
+//! The pulled images a repository holds, by tag: listing, inspecting,
+//! tagging and untagging.
+//!
+//! A tag is the only GC root of an OCI image (`streams/refs/oci/<tag>` →
+//! manifest stream → config stream → layers and EROFS images), so
+//! everything here is read back from those streams: nothing is cached
+//! elsewhere that could disagree with what GC keeps.
+
+use cfs_erofs::digest::FsVerityDigest;
+use cfs_images::splitstream::SplitStream;
+use cfs_images::Repository;
+use oci_spec::image::{ImageConfiguration, ImageManifest};
+use sha2::{Digest as _, Sha256};
+
+use crate::pull::{boot_image_ref_key, image_ref_key, tag_ref};
+
+/// Why an image could not be listed, inspected or (un)tagged.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CatalogError {
+    /// No tag of that name.
+    #[error("no image tagged {0:?}")]
+    NoSuchTag(String),
+    /// A stored manifest or config that does not parse.
+    #[error("image {tag:?}: stored {what} is invalid: {reason}")]
+    Corrupt {
+        /// The tag.
+        tag: String,
+        /// `manifest` or `config`.
+        what: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The repository refused.
+    #[error(transparent)]
+    Repository(#[from] cfs_images::Error),
+}
+
+/// One layer of a stored image.
+#[derive(Debug, Clone)]
+pub struct LayerInfo {
+    /// `sha256:...` of the blob as fetched.
+    pub digest: String,
+    /// `sha256:...` of the uncompressed tar.
+    pub diff_id: String,
+    /// Size of the blob as fetched, from the manifest.
+    pub size: u64,
+    /// Media type from the manifest.
+    pub media_type: String,
+}
+
+/// A stored image as its tag names it.
+#[derive(Debug, Clone)]
+pub struct ImageInfo<H> {
+    /// The tag.
+    pub tag: String,
+    /// `sha256:...` of the manifest.
+    pub manifest_digest: String,
+    /// `sha256:...` of the config.
+    pub config_digest: String,
+    /// `OS/ARCH` from the config.
+    pub platform: String,
+    /// Creation time from the config, if it has one.
+    pub created: Option<String>,
+    /// Layers in order, bottom first.
+    pub layers: Vec<LayerInfo>,
+    /// The plain EROFS image, if generated.
+    pub image: Option<H>,
+    /// The boot EROFS image, if the image is bootable.
+    pub boot_image: Option<H>,
+}
+
+impl<H> ImageInfo<H> {
+    /// Total size of the layer blobs as fetched.
+    pub fn size(&self) -> u64 {
+        self.layers.iter().map(|l| l.size).sum()
+    }
+}
+
+/// The tag a `streams/refs/` name stands for, if it is an OCI tag.
+fn tag_of_ref(name: &str) -> Option<String> {
+    let escaped = name.strip_prefix("oci/")?;
+    Some(escaped.replace("%2F", "/").replace("%25", "%"))
+}
+
+/// Every tagged image, sorted by tag.
+pub fn list<H: FsVerityDigest>(repo: &Repository<H>) -> Result<Vec<ImageInfo<H>>, CatalogError> {
+    let mut images = Vec::new();
+    for (name, _) in repo.list_refs("streams")? {
+        if let Some(tag) = tag_of_ref(&name) {
+            images.push(inspect(repo, &tag)?);
+        }
+    }
+    images.sort_by(|a, b| a.tag.cmp(&b.tag));
+    Ok(images)
+}
+
+/// The image tagged `tag`, read back from its manifest and config streams.
+pub fn inspect<H: FsVerityDigest>(
+    repo: &Repository<H>,
+    tag: &str,
+) -> Result<ImageInfo<H>, CatalogError> {
+    let (_, manifest_stream) = open_tagged(repo, tag)?;
+    let corrupt = |what, reason: String| CatalogError::Corrupt {
+        tag: tag.to_owned(),
+        what,
+        reason,
+    };
+    let manifest_bytes = contents(repo, &manifest_stream)?;
+    let manifest = ImageManifest::from_reader(&manifest_bytes[..])
+        .map_err(|e| corrupt("manifest", e.to_string()))?;
+    let config_digest = manifest.config().digest().to_string();
+    let (_, config_stream) = repo.open_stream(&format!("oci-config-{config_digest}"))?;
+    let config_bytes = contents(repo, &config_stream)?;
+    let config = ImageConfiguration::from_reader(&config_bytes[..])
+        .map_err(|e| corrupt("config", e.to_string()))?;
+    let diff_ids = config.rootfs().diff_ids();
+    if diff_ids.len() != manifest.layers().len() {
+        return Err(corrupt(
+            "config",
+            format!(
+                "{} diff_ids for {} layers",
+                diff_ids.len(),
+                manifest.layers().len()
+            ),
+        ));
+    }
+    let layers = manifest
+        .layers()
+        .iter()
+        .zip(diff_ids)
+        .map(|(layer, diff_id)| LayerInfo {
+            digest: layer.digest().to_string(),
+            diff_id: diff_id.clone(),
+            size: layer.size(),
+            media_type: layer.media_type().to_string(),
+        })
+        .collect();
+    let format = repo.format();
+    Ok(ImageInfo {
+        tag: tag.to_owned(),
+        manifest_digest: format!("sha256:{}", hex::encode(Sha256::digest(&manifest_bytes))),
+        config_digest,
+        platform: format!("{}/{}", config.os(), config.architecture()),
+        created: config.created().clone(),
+        layers,
+        image: config_stream.named_ref(image_ref_key(format)).copied(),
+        boot_image: config_stream.named_ref(boot_image_ref_key(format)).copied(),
+    })
+}
+
+/// Gives the image tagged `source` the tag `new` too (replacing what
+/// `new` named).
+pub fn tag<H: FsVerityDigest>(
+    repo: &Repository<H>,
+    source: &str,
+    new: &str,
+) -> Result<(), CatalogError> {
+    let source_ref = tag_ref(source);
+    let link = repo
+        .list_refs("streams")?
+        .into_iter()
+        .find_map(|(name, link)| (name == source_ref).then_some(link))
+        .ok_or_else(|| CatalogError::NoSuchTag(source.to_owned()))?;
+    let manifest_id = link
+        .rsplit('/')
+        .next()
+        .filter(|id| id.starts_with("oci-manifest-"))
+        .ok_or_else(|| CatalogError::Corrupt {
+            tag: source.to_owned(),
+            what: "manifest",
+            reason: format!("the tag names {link:?}, not a manifest stream"),
+        })?;
+    repo.name_stream(manifest_id, &tag_ref(new))?;
+    Ok(())
+}
+
+/// Removes the tag `name`; `repo gc` then reclaims what only it kept.
+pub fn untag<H: FsVerityDigest>(repo: &Repository<H>, name: &str) -> Result<(), CatalogError> {
+    if repo.remove_stream_ref(&tag_ref(name))? {
+        Ok(())
+    } else {
+        Err(CatalogError::NoSuchTag(name.to_owned()))
+    }
+}
+
+fn open_tagged<H: FsVerityDigest>(
+    repo: &Repository<H>,
+    tag: &str,
+) -> Result<(H, SplitStream<H>), CatalogError> {
+    repo.open_stream(&format!("refs/{}", tag_ref(tag)))
+        .map_err(|e| match e {
+            cfs_images::Error::NotFound { .. } => CatalogError::NoSuchTag(tag.to_owned()),
+            e => e.into(),
+        })
+}
+
+/// The bytes a small stream (manifest, config) reassembles to.
+fn contents<H: FsVerityDigest>(
+    repo: &Repository<H>,
+    stream: &SplitStream<H>,
+) -> Result<Vec<u8>, CatalogError> {
+    let mut out = Vec::new();
+    stream
+        .reassemble(
+            |digest| repo.open_object(digest).map_err(std::io::Error::other),
+            &mut out,
+        )
+        .map_err(|source| cfs_images::Error::SplitStream {
+            name: "(image metadata)".to_owned(),
+            source,
+        })?;
+    Ok(out)
+}
