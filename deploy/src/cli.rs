@@ -105,7 +105,9 @@ pub enum ImageCommand {
     /// Print the image id (fs-verity digest of the EROFS image) of a
     /// directory, as `cfsctl compute-id` does.
     ComputeId {
-        /// The directory.
+        /// A directory; or an OCI image: a reference with its transport
+        /// (pulled into the repository, or into a temporary one without
+        /// `--repo`) or a tag in the repository.
         path: PathBuf,
         #[command(flatten)]
         tree: TreeOptions,

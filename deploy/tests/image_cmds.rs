@@ -129,3 +129,59 @@ fn ls_inspect_tag_untag_and_gc() {
     let two_info = json(ours(&repo).args(["--json", "image", "inspect", "two"]));
     assert_eq!(two_info["manifest"], indexed_manifest(&two, "v2"));
 }
+
+#[test]
+fn compute_id_of_an_image_reference_matches_cfsctl() {
+    let Some(cfsctl) = common::cfsctl() else {
+        eprintln!("SKIPPED compute_id_of_an_image_reference: cfsctl is not installed");
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let layout = work.path().join("layout");
+    let tar = tar_archive(&[
+        ("usr/", b""),
+        ("usr/bin/", b""),
+        ("usr/bin/tool", &[3u8; 90_000]),
+        ("boot/", b""),
+        ("boot/vmlinuz", &[4u8; 5_000]),
+        ("sysroot/", b""),
+    ]);
+    let layers = vec![LayerSpec {
+        tar,
+        blob: LayerBlob::Zstd,
+    }];
+    write_layout(&layout, "v1", &[ImageSpec::linux("amd64", layers)]).unwrap();
+    let source = format!("oci:{}:v1", layout.display());
+
+    let theirs = work.path().join("theirs");
+    let cfs = |args: &[&str]| {
+        ok(Command::new(&cfsctl)
+            .arg("--repo")
+            .arg(&theirs)
+            .arg("--insecure")
+            .args(args))
+        .trim()
+        .to_owned()
+    };
+    ok(Command::new(&cfsctl)
+        .arg("--repo")
+        .arg(&theirs)
+        .args(["init", "--insecure"]));
+    cfs(&["oci", "pull", "--bootable", &source, "img"]);
+    let plain = cfs(&["oci", "compute-id", "img"]);
+    let boot = cfs(&["oci", "compute-id", "--bootable", "img"]);
+    assert_ne!(plain, boot);
+
+    // Without a repository: pulled into a temporary one.
+    let id = |args: &[&str]| ok(Command::new(common::OURS).args(args)).trim().to_owned();
+    assert_eq!(id(&["image", "compute-id", &source]), plain);
+    assert_eq!(id(&["image", "compute-id", "--bootable", &source]), boot);
+    // By tag, from a repository.
+    let repo = work.path().join("repo");
+    ok(ours(&repo).args(["repo", "init", "--insecure"]));
+    ok(ours(&repo).args(["image", "pull", &source, "--name", "t"]));
+    let by_tag = ok(ours(&repo).args(["image", "compute-id", "--bootable", "t"]));
+    assert_eq!(by_tag.trim(), boot);
+    let unknown = output(ours(&repo).args(["image", "compute-id", "no-such-tag"]));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no image tagged"));
+}

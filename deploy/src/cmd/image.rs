@@ -21,9 +21,17 @@ pub fn run<H: FsVerityDigest>(args: &Args, command: &ImageCommand) -> Result<()>
     let version = args.erofs_version;
     match command {
         ImageCommand::ComputeId { path, tree } => {
-            let fs = tree_of_dir::<H>(path, tree, &scan::HashOnly)?;
-            let image = writer::mkfs(&fs, version).context("writing the image")?;
-            println!("{}", FsVerityHasher::<H>::digest(&image).to_hex());
+            if path.is_dir() {
+                let fs = tree_of_dir::<H>(path, tree, &scan::HashOnly)?;
+                let image = writer::mkfs(&fs, version).context("writing the image")?;
+                println!("{}", FsVerityHasher::<H>::digest(&image).to_hex());
+            } else {
+                let reference = path.to_str().context("an image reference must be UTF-8")?;
+                println!(
+                    "{}",
+                    id_of_image::<H>(args, reference, tree.bootable)?.to_hex()
+                );
+            }
         }
         ImageCommand::Mkfs {
             source,
@@ -178,6 +186,45 @@ pub fn run<H: FsVerityDigest>(args: &Args, command: &ImageCommand) -> Result<()>
         }
     }
     Ok(())
+}
+
+/// The plain or boot image id of an OCI image: a tag in the repository,
+/// or a reference with a transport, pulled into the repository (or, with
+/// no `--repo`, into a temporary one that is removed afterwards).
+fn id_of_image<H: FsVerityDigest>(args: &Args, reference: &str, bootable: bool) -> Result<H> {
+    let is_reference = reference.parse::<cfs_oci::fetch::ImageReference>().is_ok();
+    let scratch;
+    let repo = if args.repo.is_none() && is_reference {
+        scratch = tempfile::tempdir().context("creating a temporary repository")?;
+        let options = cfs_images::InitOptions {
+            format: args.erofs_version,
+            insecure: true,
+        };
+        cfs_images::Repository::<H>::init(scratch.path(), &options)
+            .context("creating a temporary repository")?
+    } else {
+        open_repo::<H>(args)?
+    };
+    let (image, boot_image) = if is_reference {
+        let report = cfs_oci::pull::pull(
+            &repo,
+            reference,
+            None,
+            &cfs_oci::fetch::FetchOptions::default(),
+        )
+        .with_context(|| format!("pulling {reference}"))?;
+        (Some(report.image), report.boot_image.ok())
+    } else {
+        let info = catalog::inspect(&repo, reference).with_context(|| {
+            format!("{reference:?} is neither a directory, an image reference nor a tag")
+        })?;
+        (info.image, info.boot_image)
+    };
+    let which = if bootable { boot_image } else { image };
+    which.with_context(|| {
+        let kind = if bootable { "boot" } else { "plain" };
+        format!("{reference} has no {kind} image")
+    })
 }
 
 /// The JSON form of a pulled image, shared by `image ls` and `inspect`.
