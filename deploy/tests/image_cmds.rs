@@ -185,3 +185,67 @@ fn compute_id_of_an_image_reference_matches_cfsctl() {
     let unknown = output(ours(&repo).args(["image", "compute-id", "no-such-tag"]));
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("no image tagged"));
 }
+
+/// Several layers are imported in parallel: a complete pull gives every
+/// layer once, and a corrupt layer among them fails the pull naming its
+/// diff_id, without a tag and with the repository fsck-clean.
+#[test]
+fn parallel_layer_import_all_or_nothing() {
+    let work = tempfile::tempdir().unwrap();
+    let layers: Vec<LayerSpec> = (0u8..6)
+        .map(|i| {
+            let dir = format!("usr/l{i}/");
+            let file = format!("usr/l{i}/data");
+            LayerSpec {
+                tar: tar_archive(&[
+                    ("usr/", b""),
+                    (&dir, b""),
+                    (&file, &vec![i; 50_000 + i as usize]),
+                ]),
+                blob: if i % 2 == 0 {
+                    LayerBlob::Gzip
+                } else {
+                    LayerBlob::Zstd
+                },
+            }
+        })
+        .collect();
+    let good = work.path().join("good");
+    write_layout(&good, "v1", &[ImageSpec::linux("amd64", layers.clone())]).unwrap();
+    let bad = work.path().join("bad");
+    let written = write_layout(&bad, "v1", &[ImageSpec::linux("amd64", layers)]).unwrap();
+    let victim = &written.images[0].layers[4];
+    let path = bad
+        .join("blobs/sha256")
+        .join(victim.blob.digest.trim_start_matches("sha256:"));
+    let mut bytes = std::fs::read(&path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&path, bytes).unwrap();
+
+    let repo = work.path().join("repo");
+    ok(ours(&repo).args(["repo", "init", "--insecure"]));
+    let failed = output(
+        ours(&repo)
+            .args(["image", "pull", "--name", "bad"])
+            .arg(format!("oci:{}:v1", bad.display())),
+    );
+    assert!(!failed.status.success());
+    let message = String::from_utf8_lossy(&failed.stderr);
+    assert!(message.contains(&victim.diff_id), "{message}");
+    assert!(tags(&repo).is_empty());
+    assert_clean(&repo, "after a failed parallel pull");
+
+    let pulled = json(
+        ours(&repo)
+            .args(["--json", "image", "pull", "--name", "good"])
+            .arg(format!("oci:{}:v1", good.display())),
+    );
+    assert_eq!(
+        pulled["layersFetched"].as_u64().unwrap() + pulled["layersPresent"].as_u64().unwrap(),
+        6
+    );
+    let info = json(ours(&repo).args(["--json", "image", "inspect", "good"]));
+    assert_eq!(info["layers"].as_array().unwrap().len(), 6);
+    assert_clean(&repo, "after a parallel pull");
+}

@@ -116,6 +116,31 @@ impl<H: FsVerityDigest> cfs_boot::PolicySource<H> for RepoPolicy<'_, H> {
     }
 }
 
+/// Fetches one layer, splits it into the repository and stores its
+/// stream under its diff_id.
+fn import_layer<H: FsVerityDigest>(
+    repo: &Repository<H>,
+    source: &Source,
+    descriptor: &oci_spec::image::Descriptor,
+    diff_id: &str,
+) -> Result<H, PullError> {
+    let expected: oci_spec::image::Digest = diff_id
+        .parse()
+        .map_err(|e| PullError::Config(format!("diff_id {diff_id}: {e}")))?;
+    let tar = source.open_layer_tar(descriptor, &expected)?;
+    let split = split_layer(repo, tar).map_err(|source| PullError::Tar {
+        diff_id: diff_id.to_owned(),
+        source,
+    })?;
+    if split.diff_id != diff_id {
+        return Err(PullError::DiffId {
+            expected: diff_id.to_owned(),
+            found: split.diff_id,
+        });
+    }
+    Ok(repo.write_stream(&layer_id(diff_id), &split.stream_bytes, None)?)
+}
+
 /// Pulls `reference` into `repo` and tags it `tag` (default: the reference).
 pub fn pull<H: FsVerityDigest>(
     repo: &Repository<H>,
@@ -167,31 +192,54 @@ pub fn pull<H: FsVerityDigest>(
         }
     }
 
-    // Layers, skipping those already stored under their diff_id.
-    let (mut fetched, mut present) = (0, 0);
+    // Layers, skipping those already stored under their diff_id; the
+    // missing ones are fetched and split in parallel.
     let mut layer_streams = Vec::with_capacity(layers.len());
-    for (descriptor, diff_id) in layers.iter().zip(&diff_ids) {
-        if let Some(digest) = repo.has_stream(&layer_id(diff_id))? {
-            present += 1;
-            layer_streams.push(digest);
-            continue;
+    let mut missing = Vec::new();
+    for (index, diff_id) in diff_ids.iter().enumerate() {
+        let stored = repo.has_stream(&layer_id(diff_id))?;
+        if stored.is_none() {
+            missing.push(index);
         }
-        let expected: oci_spec::image::Digest = diff_id
-            .parse()
-            .map_err(|e| PullError::Config(format!("diff_id {diff_id}: {e}")))?;
-        let tar = source.open_layer_tar(descriptor, &expected)?;
-        let split = split_layer(repo, tar).map_err(|source| PullError::Tar {
-            diff_id: diff_id.clone(),
-            source,
-        })?;
-        if split.diff_id != *diff_id {
-            return Err(PullError::DiffId {
-                expected: diff_id.clone(),
-                found: split.diff_id,
+        layer_streams.push(stored);
+    }
+    let (fetched, present) = (missing.len(), diff_ids.len() - missing.len());
+    let workers = options.max_parallel.get().min(missing.len());
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    let imported = std::sync::Mutex::new(Vec::with_capacity(missing.len()));
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| loop {
+                use std::sync::atomic::Ordering::Relaxed;
+                let Some(&index) = missing.get(next.fetch_add(1, Relaxed)) else {
+                    break;
+                };
+                if failed.load(Relaxed) {
+                    break;
+                }
+                let result = import_layer(repo, &source, &layers[index], &diff_ids[index]);
+                failed.fetch_or(result.is_err(), Relaxed);
+                imported
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .push((index, result));
             });
         }
-        layer_streams.push(repo.write_stream(&layer_id(diff_id), &split.stream_bytes, None)?);
-        fetched += 1;
+    });
+    let mut imported = imported
+        .into_inner()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    // The first failing layer in image order is the one reported.
+    imported.sort_by_key(|(index, _)| *index);
+    for (index, result) in imported {
+        layer_streams[index] = Some(result?);
+    }
+    let layer_streams: Vec<H> = layer_streams.into_iter().flatten().collect();
+    if layer_streams.len() != diff_ids.len() {
+        return Err(PullError::Image(
+            "a layer import stopped without an error".into(),
+        ));
     }
 
     // The merged tree and its two images.
