@@ -17,6 +17,9 @@ pub struct Args {
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]
     pub json: bool,
+    /// No progress output (results and errors are still printed).
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
     /// fs-verity hash for new repositories and repository-less digests
     /// (an existing repository's own algorithm always wins).
     #[arg(long, global = true, value_enum, default_value_t = Hash::Sha512)]

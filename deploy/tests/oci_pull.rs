@@ -1,7 +1,7 @@
 //! `cfs-deploy image pull` against `cfsctl oci pull --bootable` on the same
 //! OCI layout (two layers, one of them whiting out and replacing files of
 //! the other): the same plain and boot images, and a second pull that
-//! fetches nothing.
+//! fetches only the manifest (counted).
 
 use std::path::Path;
 use std::process::Command;
@@ -18,7 +18,8 @@ fn field<'a>(text: &'a str, key: &str) -> &'a str {
         .trim()
 }
 
-fn layout(dir: &Path) {
+/// Writes the layout; returns the bytes of its layer blobs.
+fn layout(dir: &Path) -> u64 {
     let big = vec![7u8; 100_000];
     let base = tar_archive(&[
         ("usr/", b""),
@@ -51,7 +52,13 @@ fn layout(dir: &Path) {
             blob: LayerBlob::Zstd,
         },
     ];
-    write_layout(dir, "v1", &[ImageSpec::linux("amd64", layers)]).expect("write layout");
+    let written =
+        write_layout(dir, "v1", &[ImageSpec::linux("amd64", layers)]).expect("write layout");
+    written.images[0]
+        .layers
+        .iter()
+        .map(|l| l.blob.bytes.len() as u64)
+        .sum()
 }
 
 #[test]
@@ -62,7 +69,7 @@ fn pull_matches_cfsctl_and_second_pull_fetches_nothing() {
     };
     let work = tempfile::tempdir().expect("tempdir");
     let dir = work.path().join("layout");
-    layout(&dir);
+    let layer_bytes = layout(&dir);
     let source = format!("oci:{}:v1", dir.display());
 
     let ours = work.path().join("ours");
@@ -75,6 +82,11 @@ fn pull_matches_cfsctl_and_second_pull_fetches_nothing() {
         .arg(&ours)
         .args(["image", "pull", &source]));
     assert_eq!(field(&first, "layers "), "2 fetched, 0 already present");
+    // Manifest and config; both layer blobs, whole and once.
+    assert_eq!(
+        field(&first, "fetched "),
+        format!("2 documents, 2 layer blobs, {layer_bytes} bytes")
+    );
 
     let theirs = work.path().join("theirs");
     ok(Command::new(&cfsctl)
@@ -107,6 +119,11 @@ fn pull_matches_cfsctl_and_second_pull_fetches_nothing() {
         .arg(&ours)
         .args(["image", "pull", &source, "--name", "again"]));
     assert_eq!(field(&second, "layers "), "0 fetched, 2 already present");
+    // Only the manifest: the config and layers are known by digest.
+    assert_eq!(
+        field(&second, "fetched "),
+        "1 documents, 0 layer blobs, 0 bytes"
+    );
     assert_eq!(field(&second, "image "), field(&first, "image "));
     ok(Command::new(OURS)
         .arg("--repo")

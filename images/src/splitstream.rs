@@ -140,6 +140,8 @@ impl ContentType {
     pub const OCI_CONFIG: Self = Self::from_ascii(*b"ociconfg");
     /// An OCI image manifest (`ocimanif`).
     pub const OCI_MANIFEST: Self = Self::from_ascii(*b"ocimanif");
+    /// An OCI image index (`ociindex`); ours, the reference keeps none.
+    pub const OCI_INDEX: Self = Self::from_ascii(*b"ociindex");
     /// A non-tar OCI artifact blob (`oci_blob`).
     pub const OCI_BLOB: Self = Self::from_ascii(*b"oci_blob");
 

@@ -9,10 +9,12 @@
 use cfs_erofs::digest::FsVerityDigest;
 use cfs_images::splitstream::SplitStream;
 use cfs_images::Repository;
-use oci_spec::image::{ImageConfiguration, ImageManifest};
+use oci_spec::image::{ImageConfiguration, ImageIndex, ImageManifest};
 use sha2::{Digest as _, Sha256};
 
-use crate::pull::{boot_image_ref_key, image_ref_key, tag_ref};
+use crate::merge::{merge_layers, Departure, MergeError};
+use crate::pull::{boot_image_ref_key, image_ref_key, index_ref, layer_id, tag_ref};
+use crate::tar::layer_entries;
 
 /// Why an image could not be listed, inspected or (un)tagged.
 #[derive(Debug, thiserror::Error)]
@@ -31,9 +33,27 @@ pub enum CatalogError {
         /// What is wrong.
         reason: String,
     },
+    /// The stored layers no longer merge (they did when pulled).
+    #[error("image {tag:?}: {source}")]
+    Merge {
+        /// The tag.
+        tag: String,
+        /// What failed.
+        #[source]
+        source: MergeError,
+    },
     /// The repository refused.
     #[error(transparent)]
     Repository(#[from] cfs_images::Error),
+}
+
+/// The image index a tag's manifest was chosen from.
+#[derive(Debug, Clone)]
+pub struct IndexInfo {
+    /// `sha256:...` of the index.
+    pub digest: String,
+    /// The platforms it offers, `OS/ARCH[/VARIANT]`, in its order.
+    pub platforms: Vec<String>,
 }
 
 /// One layer of a stored image.
@@ -64,6 +84,8 @@ pub struct ImageInfo<H> {
     pub created: Option<String>,
     /// Layers in order, bottom first.
     pub layers: Vec<LayerInfo>,
+    /// The index the manifest was chosen from, for a multi-platform image.
+    pub index: Option<IndexInfo>,
     /// The plain EROFS image, if generated.
     pub image: Option<H>,
     /// The boot EROFS image, if the image is bootable.
@@ -136,10 +158,13 @@ pub fn inspect<H: FsVerityDigest>(
             media_type: layer.media_type().to_string(),
         })
         .collect();
+    let manifest_digest = format!("sha256:{}", hex::encode(Sha256::digest(&manifest_bytes)));
+    let index = stored_index(repo, tag, &manifest_digest)?;
     let format = repo.format();
     Ok(ImageInfo {
         tag: tag.to_owned(),
-        manifest_digest: format!("sha256:{}", hex::encode(Sha256::digest(&manifest_bytes))),
+        manifest_digest,
+        index,
         config_digest,
         platform: format!("{}/{}", config.os(), config.architecture()),
         created: config.created().clone(),
@@ -149,6 +174,69 @@ pub fn inspect<H: FsVerityDigest>(
     })
 }
 
+/// The index stored with the tag, if it lists the tag's manifest (a pull
+/// stopped between writing the two leaves one that does not).
+fn stored_index<H: FsVerityDigest>(
+    repo: &Repository<H>,
+    tag: &str,
+    manifest_digest: &str,
+) -> Result<Option<IndexInfo>, CatalogError> {
+    let stream = match repo.open_stream(&format!("refs/{}", index_ref(tag))) {
+        Ok((_, stream)) => stream,
+        Err(cfs_images::Error::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let bytes = contents(repo, &stream)?;
+    let index = ImageIndex::from_reader(&bytes[..]).map_err(|e| CatalogError::Corrupt {
+        tag: tag.to_owned(),
+        what: "index",
+        reason: e.to_string(),
+    })?;
+    let entries = index.manifests();
+    if !entries
+        .iter()
+        .any(|m| m.digest().to_string() == manifest_digest)
+    {
+        return Ok(None);
+    }
+    let platforms = entries
+        .iter()
+        .filter_map(|m| m.platform().as_ref())
+        .map(|p| {
+            let mut name = format!("{}/{}", p.os(), p.architecture());
+            if let Some(variant) = p.variant() {
+                name = format!("{name}/{variant}");
+            }
+            name
+        })
+        .collect();
+    Ok(Some(IndexInfo {
+        digest: format!("sha256:{}", hex::encode(Sha256::digest(&bytes))),
+        platforms,
+    }))
+}
+
+/// Where merging the image's layers departs from the reference tool
+/// (which then computes another digest, or fails): recomputed from the
+/// stored layers, which is cheap (headers only, no file contents).
+pub fn departures<H: FsVerityDigest>(
+    repo: &Repository<H>,
+    tag: &str,
+) -> Result<Vec<Departure>, CatalogError> {
+    let info = inspect(repo, tag)?;
+    let streams = info
+        .layers
+        .iter()
+        .map(|l| repo.open_stream(&layer_id(&l.diff_id)).map(|(_, s)| s))
+        .collect::<Result<Vec<SplitStream<H>>, _>>()?;
+    let merged =
+        merge_layers(streams.iter().map(layer_entries)).map_err(|source| CatalogError::Merge {
+            tag: tag.to_owned(),
+            source,
+        })?;
+    Ok(merged.departures)
+}
+
 /// Gives the image tagged `source` the tag `new` too (replacing what
 /// `new` named).
 pub fn tag<H: FsVerityDigest>(
@@ -156,28 +244,39 @@ pub fn tag<H: FsVerityDigest>(
     source: &str,
     new: &str,
 ) -> Result<(), CatalogError> {
-    let source_ref = tag_ref(source);
-    let link = repo
-        .list_refs("streams")?
-        .into_iter()
-        .find_map(|(name, link)| (name == source_ref).then_some(link))
+    let refs = repo.list_refs("streams")?;
+    // The stream a ref names, by its id (the link's last component).
+    let target = |name: String, kind: &'static str| -> Result<Option<String>, CatalogError> {
+        let Some((_, link)) = refs.iter().find(|(n, _)| *n == name) else {
+            return Ok(None);
+        };
+        let id = link.rsplit('/').next().unwrap_or_default();
+        if !id.starts_with(&format!("oci-{kind}-")) {
+            return Err(CatalogError::Corrupt {
+                tag: source.to_owned(),
+                what: kind,
+                reason: format!("{name} names {link:?}, not a {kind} stream"),
+            });
+        }
+        Ok(Some(id.to_owned()))
+    };
+    let manifest_id = target(tag_ref(source), "manifest")?
         .ok_or_else(|| CatalogError::NoSuchTag(source.to_owned()))?;
-    let manifest_id = link
-        .rsplit('/')
-        .next()
-        .filter(|id| id.starts_with("oci-manifest-"))
-        .ok_or_else(|| CatalogError::Corrupt {
-            tag: source.to_owned(),
-            what: "manifest",
-            reason: format!("the tag names {link:?}, not a manifest stream"),
-        })?;
-    repo.name_stream(manifest_id, &tag_ref(new))?;
+    match target(index_ref(source), "index")? {
+        Some(index_id) => repo.name_stream(&index_id, &index_ref(new))?,
+        None => {
+            repo.remove_stream_ref(&index_ref(new))?;
+        }
+    }
+    repo.name_stream(&manifest_id, &tag_ref(new))?;
     Ok(())
 }
 
-/// Removes the tag `name`; `repo gc` then reclaims what only it kept.
+/// Removes the tag `name` (and its index); `repo gc` then reclaims what
+/// only it kept.
 pub fn untag<H: FsVerityDigest>(repo: &Repository<H>, name: &str) -> Result<(), CatalogError> {
     if repo.remove_stream_ref(&tag_ref(name))? {
+        repo.remove_stream_ref(&index_ref(name))?;
         Ok(())
     } else {
         Err(CatalogError::NoSuchTag(name.to_owned()))

@@ -15,7 +15,7 @@ use cfs_images::splitstream::{ContentType, SplitStream, SplitStreamWriter};
 use cfs_images::Repository;
 use oci_spec::image::ImageConfiguration;
 
-use crate::fetch::{FetchError, FetchOptions, Source};
+use crate::fetch::{FetchError, FetchOptions, FetchStats, Source};
 use crate::merge::{merge_layers, Departure, MergeError};
 use crate::tar::{layer_entries, split_layer, TarError};
 
@@ -82,10 +82,14 @@ pub struct PullReport<H> {
     pub manifest_digest: String,
     /// `sha256:...` of the config.
     pub config_digest: String,
+    /// `sha256:...` of the image index the manifest was chosen from.
+    pub index_digest: Option<String>,
     /// Layers fetched now.
     pub layers_fetched: usize,
     /// Layers the repository already had (same diff_id).
     pub layers_present: usize,
+    /// Everything fetched from the source, counted.
+    pub fetched: FetchStats,
     /// The plain EROFS image.
     pub image: H,
     /// The boot EROFS image, or why there is none.
@@ -96,13 +100,72 @@ pub struct PullReport<H> {
     pub tag: String,
 }
 
+/// What a pull reports as it goes, for a progress display.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub enum PullEvent<'a> {
+    /// The manifest is known: `fetch` of `total` layers are missing, with
+    /// `bytes` in their blobs as the manifest gives them.
+    Layers {
+        /// Layers to fetch.
+        fetch: usize,
+        /// Layers in the image.
+        total: usize,
+        /// Bytes to fetch.
+        bytes: u64,
+    },
+    /// A layer starts streaming.
+    LayerStarted {
+        /// Its diff_id.
+        diff_id: &'a str,
+        /// Its blob size from the manifest.
+        size: u64,
+    },
+    /// More of a layer's blob was read.
+    LayerRead {
+        /// Its diff_id.
+        diff_id: &'a str,
+        /// Bytes read since the last event.
+        bytes: u64,
+    },
+    /// A layer is stored.
+    LayerDone {
+        /// Its diff_id.
+        diff_id: &'a str,
+    },
+    /// The layers are in; the EROFS images are being generated.
+    GeneratingImages,
+}
+
+/// Receives [`PullEvent`]s, from several threads at once.
+pub trait PullProgress: Sync {
+    /// Called for each event.
+    fn event(&self, event: PullEvent<'_>);
+}
+
+/// No display.
+impl PullProgress for () {
+    fn event(&self, _: PullEvent<'_>) {}
+}
+
 /// Where a tag lives below `streams/refs/`: `oci/<tag>` with `%` and `/`
 /// escaped, as composefs-rs names them.
 pub fn tag_ref(tag: &str) -> String {
-    format!("oci/{}", tag.replace('%', "%25").replace('/', "%2F"))
+    format!("oci/{}", escape_tag(tag))
 }
 
-fn layer_id(diff_id: &str) -> String {
+/// Where the index a tag's manifest was chosen from lives below
+/// `streams/refs/` (ours; the reference keeps no index).
+pub fn index_ref(tag: &str) -> String {
+    format!("oci-index/{}", escape_tag(tag))
+}
+
+fn escape_tag(tag: &str) -> String {
+    tag.replace('%', "%25").replace('/', "%2F")
+}
+
+/// The stream name of a layer.
+pub(crate) fn layer_id(diff_id: &str) -> String {
     format!("oci-layer-{diff_id}")
 }
 
@@ -123,11 +186,18 @@ fn import_layer<H: FsVerityDigest>(
     source: &Source,
     descriptor: &oci_spec::image::Descriptor,
     diff_id: &str,
+    progress: &dyn PullProgress,
 ) -> Result<H, PullError> {
     let expected: oci_spec::image::Digest = diff_id
         .parse()
         .map_err(|e| PullError::Config(format!("diff_id {diff_id}: {e}")))?;
-    let tar = source.open_layer_tar(descriptor, &expected)?;
+    progress.event(PullEvent::LayerStarted {
+        diff_id,
+        size: descriptor.size(),
+    });
+    let tar = source.open_layer_tar_observed(descriptor, &expected, |bytes| {
+        progress.event(PullEvent::LayerRead { diff_id, bytes })
+    })?;
     let split = split_layer(repo, tar).map_err(|source| PullError::Tar {
         diff_id: diff_id.to_owned(),
         source,
@@ -138,19 +208,120 @@ fn import_layer<H: FsVerityDigest>(
             found: split.diff_id,
         });
     }
-    Ok(repo.write_stream(&layer_id(diff_id), &split.stream_bytes, None)?)
+    let stream = repo.write_stream(&layer_id(diff_id), &split.stream_bytes, None)?;
+    progress.event(PullEvent::LayerDone { diff_id });
+    Ok(stream)
+}
+
+/// The plain and boot images of an image whose manifest and config are
+/// already stored complete, if they are (nothing fetched).
+fn stored_images<H: FsVerityDigest>(
+    repo: &Repository<H>,
+    manifest_id: &str,
+    config_digest: &str,
+) -> Result<Option<Imported<H>>, PullError> {
+    if repo.has_stream(manifest_id)?.is_none() {
+        return Ok(None);
+    }
+    let Ok((_, stored)) = repo.open_stream(&format!("oci-config-{config_digest}")) else {
+        return Ok(None);
+    };
+    let format = repo.format();
+    Ok(stored
+        .named_ref(image_ref_key(format))
+        .map(|image| Imported {
+            image: *image,
+            boot_image: stored
+                .named_ref(boot_image_ref_key(format))
+                .copied()
+                .ok_or_else(|| "not generated when first pulled".to_owned()),
+            layers_fetched: 0,
+            departures: Vec::new(),
+        }))
 }
 
 /// Pulls `reference` into `repo` and tags it `tag` (default: the reference).
+///
+/// An image whose manifest is already stored complete costs one manifest
+/// fetch: the config and layers are not fetched again.
 pub fn pull<H: FsVerityDigest>(
     repo: &Repository<H>,
     reference: &str,
     tag: Option<&str>,
     options: &FetchOptions,
+    progress: &dyn PullProgress,
 ) -> Result<PullReport<H>, PullError> {
     let source = Source::open(reference, options)?;
     let manifest = source.manifest();
-    let config = source.config();
+    let tag = tag.unwrap_or(reference).to_owned();
+    let manifest_digest = manifest.digest.to_string();
+    let config_digest = manifest.manifest.config().digest().to_string();
+    let manifest_id = format!("oci-manifest-{manifest_digest}");
+
+    let layer_count = manifest.manifest.layers().len();
+    let imported = match stored_images(repo, &manifest_id, &config_digest)? {
+        Some(stored) => stored,
+        None => import(repo, &source, &manifest_id, options, progress)?,
+    };
+
+    // The index, then the tag: both roots, each naming only complete
+    // streams; `catalog::inspect` ignores an index that does not list the
+    // tag's manifest (a pull stopped between the two).
+    let index_digest = match source.index() {
+        Some(index) => {
+            let mut writer = SplitStreamWriter::<H>::new(ContentType::OCI_INDEX);
+            let manifest_stream = repo
+                .has_stream(&manifest_id)?
+                .ok_or_else(|| PullError::Image("the manifest stream vanished".into()))?;
+            writer
+                .add_stream_ref(&format!("manifest:{manifest_digest}"), manifest_stream)
+                .map_err(|e| PullError::Config(e.to_string()))?;
+            writer.write_external(repo.ensure_object(&index.raw)?, index.raw.len() as u64);
+            let index_id = format!("oci-index-{}", index.digest);
+            repo.write_stream(&index_id, &writer.finish(), None)?;
+            repo.name_stream(&index_id, &index_ref(&tag))?;
+            Some(index.digest.to_string())
+        }
+        None => {
+            repo.remove_stream_ref(&index_ref(&tag))?;
+            None
+        }
+    };
+    repo.name_stream(&manifest_id, &tag_ref(&tag))?;
+    Ok(PullReport {
+        manifest_digest,
+        config_digest,
+        index_digest,
+        layers_fetched: imported.layers_fetched,
+        layers_present: layer_count - imported.layers_fetched,
+        fetched: source.stats(),
+        image: imported.image,
+        boot_image: imported.boot_image,
+        departures: imported.departures,
+        tag,
+    })
+}
+
+/// What [`import`] stored.
+struct Imported<H> {
+    image: H,
+    boot_image: Result<H, String>,
+    layers_fetched: usize,
+    departures: Vec<Departure>,
+}
+
+/// Stores the missing layers, the two images, the config and the
+/// manifest, in that order.
+fn import<H: FsVerityDigest>(
+    repo: &Repository<H>,
+    source: &Source,
+    manifest_id: &str,
+    options: &FetchOptions,
+    progress: &dyn PullProgress,
+) -> Result<Imported<H>, PullError> {
+    let manifest = source.manifest();
+    let config = source.config()?;
+    let config_digest = config.digest.to_string();
     let parsed = ImageConfiguration::from_reader(&config.raw[..])
         .map_err(|e| PullError::Config(e.to_string()))?;
     let diff_ids: Vec<String> = parsed.rootfs().diff_ids().to_vec();
@@ -161,35 +332,6 @@ pub fn pull<H: FsVerityDigest>(
             layers.len(),
             diff_ids.len()
         )));
-    }
-
-    let format = repo.format();
-    let tag = tag.unwrap_or(reference).to_owned();
-    let manifest_digest = manifest.digest.to_string();
-    let config_digest = config.digest.to_string();
-    let manifest_id = format!("oci-manifest-{manifest_digest}");
-
-    // Already complete (its config names its image): only the tag moves.
-    if repo.has_stream(&manifest_id)?.is_some() {
-        if let Ok((_, stored)) = repo.open_stream(&format!("oci-config-{config_digest}")) {
-            if let Some(image) = stored.named_ref(image_ref_key(format)).copied() {
-                let boot_image = stored
-                    .named_ref(boot_image_ref_key(format))
-                    .copied()
-                    .ok_or_else(|| "not generated when first pulled".to_owned());
-                repo.name_stream(&manifest_id, &tag_ref(&tag))?;
-                return Ok(PullReport {
-                    manifest_digest,
-                    config_digest,
-                    layers_fetched: 0,
-                    layers_present: diff_ids.len(),
-                    image,
-                    boot_image,
-                    departures: Vec::new(),
-                    tag,
-                });
-            }
-        }
     }
 
     // Layers, skipping those already stored under their diff_id; the
@@ -203,7 +345,11 @@ pub fn pull<H: FsVerityDigest>(
         }
         layer_streams.push(stored);
     }
-    let (fetched, present) = (missing.len(), diff_ids.len() - missing.len());
+    progress.event(PullEvent::Layers {
+        fetch: missing.len(),
+        total: layers.len(),
+        bytes: missing.iter().map(|&i| layers[i].size()).sum(),
+    });
     let workers = options.max_parallel.get().min(missing.len());
     let next = std::sync::atomic::AtomicUsize::new(0);
     let failed = std::sync::atomic::AtomicBool::new(false);
@@ -218,7 +364,7 @@ pub fn pull<H: FsVerityDigest>(
                 if failed.load(Relaxed) {
                     break;
                 }
-                let result = import_layer(repo, &source, &layers[index], &diff_ids[index]);
+                let result = import_layer(repo, source, &layers[index], &diff_ids[index], progress);
                 failed.fetch_or(result.is_err(), Relaxed);
                 imported
                     .lock()
@@ -243,6 +389,7 @@ pub fn pull<H: FsVerityDigest>(
     }
 
     // The merged tree and its two images.
+    progress.event(PullEvent::GeneratingImages);
     let streams = diff_ids
         .iter()
         .map(|d| repo.open_stream(&layer_id(d)).map(|(_, s)| s))
@@ -300,18 +447,11 @@ pub fn pull<H: FsVerityDigest>(
         repo.ensure_object(&manifest.raw)?,
         manifest.raw.len() as u64,
     );
-    repo.write_stream(&manifest_id, &writer.finish(), None)?;
-
-    // Last, the tag: the only root, so the image is complete before it.
-    repo.name_stream(&manifest_id, &tag_ref(&tag))?;
-    Ok(PullReport {
-        manifest_digest,
-        config_digest,
-        layers_fetched: fetched,
-        layers_present: present,
+    repo.write_stream(manifest_id, &writer.finish(), None)?;
+    Ok(Imported {
         image,
         boot_image,
+        layers_fetched: missing.len(),
         departures: merged.departures,
-        tag,
     })
 }

@@ -213,7 +213,7 @@ fn containers_storage_gives_the_same_layers() {
     let manifest = source.manifest();
     assert_eq!(manifest.digest.to_string(), image.manifest.digest);
     assert!(manifest.raw == image.manifest.bytes && !manifest.converted);
-    assert!(source.config().raw == image.config.bytes);
+    assert!(source.config().expect("config").raw == image.config.bytes);
     assert_same_tars(&source, image);
     // The raw layer stream is the tar, checked against its diff_id.
     let layers = manifest.manifest.layers();

@@ -134,11 +134,19 @@ fn corrupt_metadata_is_refused() {
     let config = image.config.digest.trim_start_matches("sha256:");
     flip_byte(&dir.path().join("blobs/sha256").join(config));
     let reference = format!("oci:{}:{TAG}", dir.path().display());
-    let err = open(&reference, Some("linux/arm64")).expect_err("corrupt config");
+    // The config is fetched when first needed, and checked then.
+    let source = open(&reference, Some("linux/arm64")).expect("the manifest is intact");
+    let err = source.config().expect_err("corrupt config");
     assert!(matches!(err, FetchError::Verify { .. }), "{err}");
     assert!(err.to_string().contains(&image.config.digest), "{err}");
+    let layer = &source.manifest().manifest.layers()[0];
+    let Err(err) = source.open_layer(layer) else {
+        panic!("layers need the config")
+    };
+    assert!(matches!(err, FetchError::Verify { .. }), "{err}");
     // The other platform is untouched.
-    open(&reference, Some("linux/amd64")).expect("amd64 still opens");
+    let other = open(&reference, Some("linux/amd64")).expect("amd64 still opens");
+    other.config().expect("amd64's config is intact");
     assert_no_skopeo();
 }
 

@@ -16,6 +16,7 @@ use cfs_oci::catalog;
 
 use super::{open_repo, print_json};
 use crate::cli::{Args, ImageCommand, TreeOptions};
+use crate::progress::PullDisplay;
 
 pub fn run<H: FsVerityDigest>(args: &Args, command: &ImageCommand) -> Result<()> {
     let version = args.erofs_version;
@@ -95,8 +96,11 @@ pub fn run<H: FsVerityDigest>(args: &Args, command: &ImageCommand) -> Result<()>
                 .map(str::parse)
                 .transpose()
                 .context("--platform")?;
-            let report = cfs_oci::pull::pull(&repo, reference, name.as_deref(), &options)
+            let display = PullDisplay::new(args.quiet);
+            let report = cfs_oci::pull::pull(&repo, reference, name.as_deref(), &options, &display)
                 .with_context(|| format!("pulling {reference}"))?;
+            drop(display);
+            let fetched = report.fetched;
             let boot = match &report.boot_image {
                 Ok(digest) => digest.to_hex(),
                 Err(why) => format!("none ({why})"),
@@ -106,18 +110,31 @@ pub fn run<H: FsVerityDigest>(args: &Args, command: &ImageCommand) -> Result<()>
                     "tag": report.tag,
                     "manifest": report.manifest_digest,
                     "config": report.config_digest,
+                    "index": report.index_digest,
                     "layersFetched": report.layers_fetched,
                     "layersPresent": report.layers_present,
+                    "fetched": {
+                        "documents": fetched.documents,
+                        "layers": fetched.layers,
+                        "layerBytes": fetched.layer_bytes,
+                    },
                     "image": report.image.to_hex(),
                     "bootImage": report.boot_image.as_ref().ok().map(|d| d.to_hex()),
                     "departures": report.departures.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
                 }))?;
             } else {
+                if let Some(index) = &report.index_digest {
+                    println!("index {index}");
+                }
                 println!("manifest {}", report.manifest_digest);
                 println!("config {}", report.config_digest);
                 println!(
                     "layers {} fetched, {} already present",
                     report.layers_fetched, report.layers_present
+                );
+                println!(
+                    "fetched {} documents, {} layer blobs, {} bytes",
+                    fetched.documents, fetched.layers, fetched.layer_bytes
                 );
                 println!("image {}", report.image.to_hex());
                 println!("boot image {boot}");
@@ -148,11 +165,17 @@ pub fn run<H: FsVerityDigest>(args: &Args, command: &ImageCommand) -> Result<()>
         ImageCommand::Inspect { name } => {
             let repo = open_repo::<H>(args)?;
             let image = catalog::inspect(&repo, name)?;
+            let departures = catalog::departures(&repo, name)?;
             if args.json {
-                print_json(&image_json(&image))?;
+                let mut json = image_json(&image);
+                json["departures"] = departures.iter().map(|d| d.to_string()).collect();
+                print_json(&json)?;
             } else {
                 let hex = |d: &Option<H>| d.as_ref().map_or("none".to_owned(), |d| d.to_hex());
                 println!("tag {}", image.tag);
+                if let Some(index) = &image.index {
+                    println!("index {} ({})", index.digest, index.platforms.join(", "));
+                }
                 println!("manifest {}", image.manifest_digest);
                 println!("config {}", image.config_digest);
                 println!("platform {}", image.platform);
@@ -167,6 +190,9 @@ pub fn run<H: FsVerityDigest>(args: &Args, command: &ImageCommand) -> Result<()>
                         "layer {} {} {} {}",
                         layer.digest, layer.diff_id, layer.size, layer.media_type
                     );
+                }
+                for departure in &departures {
+                    println!("note: {departure}");
                 }
             }
         }
@@ -211,6 +237,7 @@ fn id_of_image<H: FsVerityDigest>(args: &Args, reference: &str, bootable: bool) 
             reference,
             None,
             &cfs_oci::fetch::FetchOptions::default(),
+            &PullDisplay::new(args.quiet),
         )
         .with_context(|| format!("pulling {reference}"))?;
         (Some(report.image), report.boot_image.ok())
@@ -234,6 +261,10 @@ fn image_json<H: FsVerityDigest>(image: &catalog::ImageInfo<H>) -> serde_json::V
         "manifest": image.manifest_digest,
         "config": image.config_digest,
         "platform": image.platform,
+        "index": image.index.as_ref().map(|i| serde_json::json!({
+            "digest": i.digest,
+            "platforms": i.platforms,
+        })),
         "created": image.created,
         "image": image.image.as_ref().map(|d| d.to_hex()),
         "bootImage": image.boot_image.as_ref().map(|d| d.to_hex()),

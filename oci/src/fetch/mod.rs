@@ -4,7 +4,9 @@
 //! (`docker://`, `oci:`, `oci-archive:`, `docker-archive:`,
 //! `containers-storage:`, `dir:`), resolves an image index to one manifest
 //! for a platform (the host's unless [`FetchOptions::platform`] names
-//! another), and fetches and verifies the manifest and config. Layers are
+//! another), and fetches and verifies the manifest. The config is fetched
+//! when first asked for, so that a caller which already has the image
+//! fetches nothing but the manifest. Layers are
 //! then streamed with [`Source::open_layer`] (the compressed blob) or
 //! [`Source::open_layer_tar`] (the uncompressed tar, checked against its
 //! `diff_id` as well).
@@ -23,6 +25,9 @@
 //! uses its own proxy process, up to [`FetchOptions::max_parallel`];
 //! opening more waits until a stream ends, so a thread should finish or
 //! drop one layer stream before opening the next.
+//!
+//! [`Source::stats`] counts what was fetched, so that "fetched nothing
+//! again" can be shown rather than assumed.
 //!
 //! Trust: every blob is checked against the digest that names it.
 //! Manifests and configs are checked whole before they are returned;
@@ -43,6 +48,8 @@ pub mod verify;
 use std::io::Read;
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use oci_spec::image::{Descriptor, Digest, ImageIndex, ImageManifest, MediaType};
 
@@ -257,7 +264,7 @@ pub type Layer = VerifyingReader<Box<dyn Read + Send>>;
 
 /// An uncompressed layer tar stream; it fails at end of file unless both
 /// the blob and the tar matched their digests (descriptor and `diff_id`).
-pub type LayerTar = VerifyingReader<Box<dyn Read + Send>>;
+pub type LayerTar<'a> = VerifyingReader<Box<dyn Read + Send + 'a>>;
 
 #[derive(Debug)]
 enum Backend {
@@ -265,7 +272,7 @@ enum Backend {
     Skopeo(proxy::ProxySource),
 }
 
-/// An opened image: manifest, index and config fetched and verified;
+/// An opened image: manifest and index fetched and verified; config and
 /// layers on demand.
 #[derive(Debug)]
 pub struct Source {
@@ -273,7 +280,26 @@ pub struct Source {
     backend: Backend,
     manifest: FetchedManifest,
     index: Option<RawBlob>,
-    config: RawBlob,
+    config: OnceLock<RawBlob>,
+    counters: Arc<Counters>,
+}
+
+/// What a [`Source`] has fetched so far.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct FetchStats {
+    /// Manifests, indexes and configs fetched.
+    pub documents: u64,
+    /// Layer blobs opened.
+    pub layers: u64,
+    /// Bytes of layer blobs read, as the source stores them.
+    pub layer_bytes: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    documents: AtomicU64,
+    layers: AtomicU64,
+    layer_bytes: AtomicU64,
 }
 
 /// Whether a descriptor with this media type points at an image manifest
@@ -339,19 +365,21 @@ impl Source {
         options: &FetchOptions,
     ) -> Result<Source, FetchError> {
         let wanted = options.platform.clone().unwrap_or_else(Platform::host);
-        let (backend, manifest, index, config) = match &reference {
+        let (backend, manifest, index) = match &reference {
             ImageReference::OciDir { path, tag } => open_layout(path, tag.as_deref(), &wanted)?,
-            ImageReference::Skopeo {
-                reference,
-                transport,
-            } => open_skopeo(reference, *transport, options, &wanted)?,
+            ImageReference::Skopeo { reference, .. } => open_skopeo(reference, options, &wanted)?,
         };
+        let documents = 1 + u64::from(index.is_some());
         Ok(Source {
             reference,
             backend,
             manifest,
             index,
-            config,
+            config: OnceLock::new(),
+            counters: Arc::new(Counters {
+                documents: documents.into(),
+                ..Counters::default()
+            }),
         })
     }
 
@@ -370,20 +398,54 @@ impl Source {
         self.index.as_ref()
     }
 
-    /// The image's config blob, verified against the manifest.
-    pub fn config(&self) -> &RawBlob {
-        &self.config
+    /// The image's config blob, verified against the manifest; fetched on
+    /// the first call.
+    pub fn config(&self) -> Result<&RawBlob, FetchError> {
+        if let Some(config) = self.config.get() {
+            return Ok(config);
+        }
+        let manifest = &self.manifest.manifest;
+        let raw = match &self.backend {
+            Backend::Layout(layout) => layout.read_blob(manifest.config())?,
+            Backend::Skopeo(proxy) => proxy.fetch_config(manifest, self.manifest.converted)?,
+        };
+        self.counters.documents.fetch_add(1, Ordering::Relaxed);
+        let config = checked_config(manifest, raw)?;
+        if let (Backend::Skopeo(proxy), ImageReference::Skopeo { transport, .. }) =
+            (&self.backend, &self.reference)
+        {
+            if *transport == Transport::ContainersStorage {
+                proxy.serve_diff_ids(manifest, &config.raw)?;
+            }
+        }
+        // Threads racing here fetched the same verified bytes.
+        Ok(self.config.get_or_init(|| config))
+    }
+
+    /// What this source has fetched so far.
+    pub fn stats(&self) -> FetchStats {
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        FetchStats {
+            documents: load(&self.counters.documents),
+            layers: load(&self.counters.layers),
+            layer_bytes: load(&self.counters.layer_bytes),
+        }
     }
 
     /// What the source serves for a layer of the manifest, and whether
     /// its size is known: the layer itself, except for
     /// `containers-storage:`, which holds layers only uncompressed and
-    /// serves the tar named by its diff_id, of unknown size.
-    fn served_layer<'a>(&'a self, descriptor: &'a Descriptor) -> (&'a Descriptor, bool) {
-        match &self.backend {
+    /// serves the tar named by its diff_id, of unknown size (known once
+    /// the config is).
+    fn served_layer<'a>(
+        &'a self,
+        descriptor: &'a Descriptor,
+    ) -> Result<(&'a Descriptor, bool), FetchError> {
+        self.config()?;
+        Ok(match &self.backend {
             Backend::Layout(_) => (descriptor, true),
             Backend::Skopeo(proxy) => proxy.served(descriptor),
-        }
+        })
     }
 
     /// Streams a layer blob as the source stores it, checked against its
@@ -393,19 +455,26 @@ impl Source {
     /// ([`VerifyingReader::digest`] tells which). Call
     /// [`VerifyingReader::finish`] if you stop reading before end of file.
     pub fn open_layer(&self, descriptor: &Descriptor) -> Result<Layer, FetchError> {
-        let verify = |source| FetchError::Verify {
-            what: "layer",
-            source,
+        let (served, size_known) = self.served_layer(descriptor)?;
+        let inner = match &self.backend {
+            Backend::Layout(layout) => layout.open_blob(served)?,
+            Backend::Skopeo(proxy) => Box::new(proxy.open_blob(served, size_known)?),
         };
-        match &self.backend {
-            Backend::Layout(layout) => layout.open_blob(descriptor),
-            Backend::Skopeo(proxy) => {
-                let (served, size_known) = proxy.served(descriptor);
-                let reader: Box<dyn Read + Send> = Box::new(proxy.open_blob(served, size_known)?);
-                let size = size_known.then_some(served.size());
-                VerifyingReader::new(reader, served.digest().clone(), size).map_err(verify)
+        self.counters.layers.fetch_add(1, Ordering::Relaxed);
+        let counters = Arc::clone(&self.counters);
+        let counted: Box<dyn Read + Send> = Box::new(Observed {
+            inner,
+            observe: move |n| {
+                counters.layer_bytes.fetch_add(n, Ordering::Relaxed);
+            },
+        });
+        let size = size_known.then_some(served.size());
+        VerifyingReader::new(counted, served.digest().clone(), size).map_err(|source| {
+            FetchError::Verify {
+                what: "layer",
+                source,
             }
-        }
+        })
     }
 
     /// Streams a layer as its uncompressed tar, checked against `diff_id`
@@ -414,11 +483,23 @@ impl Source {
         &self,
         descriptor: &Descriptor,
         diff_id: &Digest,
-    ) -> Result<LayerTar, FetchError> {
+    ) -> Result<LayerTar<'static>, FetchError> {
+        self.open_layer_tar_observed(descriptor, diff_id, |_| ())
+    }
+
+    /// [`Source::open_layer_tar`], calling `observe` with the number of
+    /// blob bytes (as the source stores them) each read consumed: for
+    /// progress displays.
+    pub fn open_layer_tar_observed<'a>(
+        &self,
+        descriptor: &Descriptor,
+        diff_id: &Digest,
+        observe: impl FnMut(u64) + Send + 'a,
+    ) -> Result<LayerTar<'a>, FetchError> {
         // A blob that hashes to its diff_id is the tar itself, whatever its
         // media type says: `docker-archive:` stores layers uncompressed,
         // and skopeo's translation of its manifest still calls them gzip.
-        let (served, _) = self.served_layer(descriptor);
+        let (served, _) = self.served_layer(descriptor)?;
         let compression = if served.digest() == diff_id {
             Compression::None
         } else {
@@ -429,7 +510,10 @@ impl Source {
                 }
             })?
         };
-        let blob = self.open_layer(descriptor)?;
+        let blob = Observed {
+            inner: self.open_layer(descriptor)?,
+            observe,
+        };
         let tar = decompress::decompress_as(compression, blob);
         VerifyingReader::new(tar, diff_id.clone(), None).map_err(|source| FetchError::Verify {
             what: "layer diff_id",
@@ -438,7 +522,21 @@ impl Source {
     }
 }
 
-type Opened = (Backend, FetchedManifest, Option<RawBlob>, RawBlob);
+/// Tells an observer how many bytes each read returned.
+struct Observed<R, F> {
+    inner: R,
+    observe: F,
+}
+
+impl<R: Read, F: FnMut(u64)> Read for Observed<R, F> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        (self.observe)(n as u64);
+        Ok(n)
+    }
+}
+
+type Opened = (Backend, FetchedManifest, Option<RawBlob>);
 
 /// The config blob named by the manifest, verified.
 fn checked_config(manifest: &ImageManifest, raw: Vec<u8>) -> Result<RawBlob, FetchError> {
@@ -478,19 +576,17 @@ fn open_layout(path: &Path, tag: Option<&str>, wanted: &Platform) -> Result<Open
     };
     let raw = layout.read_blob(&chosen)?;
     let parsed: ImageManifest = parse_json(&raw, "manifest", chosen.digest())?;
-    let config = checked_config(&parsed, layout.read_blob(parsed.config())?)?;
     let manifest = FetchedManifest {
         digest: chosen.digest().clone(),
         raw,
         manifest: parsed,
         converted: false,
     };
-    Ok((Backend::Layout(layout), manifest, index, config))
+    Ok((Backend::Layout(layout), manifest, index))
 }
 
 fn open_skopeo(
     reference: &str,
-    transport: Transport,
     options: &FetchOptions,
     wanted: &Platform,
 ) -> Result<Opened, FetchError> {
@@ -517,24 +613,20 @@ fn open_skopeo(
             (None, None, expected)
         }
     };
-    let (mut source, opened) = proxy::ProxySource::open(
+    let (source, opened) = proxy::ProxySource::open(
         reference,
         options.insecure_tls,
         platform,
         options.max_parallel.get(),
         &expected,
     )?;
-    let config = checked_config(&opened.manifest, opened.raw_config)?;
-    if transport == Transport::ContainersStorage {
-        source.serve_diff_ids(&opened.manifest, &config.raw)?;
-    }
     let manifest = FetchedManifest {
         digest: opened.digest,
         raw: opened.raw_manifest,
         manifest: opened.manifest,
         converted: opened.converted,
     };
-    Ok((Backend::Skopeo(source), manifest, index, config))
+    Ok((Backend::Skopeo(source), manifest, index))
 }
 
 #[cfg(test)]

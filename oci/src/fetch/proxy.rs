@@ -24,7 +24,7 @@
 
 use std::io::{self, Read};
 use std::process::Command;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use containers_image_proxy::{ImageProxy, ImageProxyConfig, OpenedImage};
@@ -172,8 +172,6 @@ pub(super) struct Opened {
     /// Whether `raw_manifest` is skopeo's translation (it does not hash to
     /// `digest`).
     pub converted: bool,
-    /// The config blob, not yet verified.
-    pub raw_config: Vec<u8>,
 }
 
 /// For `containers-storage:`, what to fetch instead of each manifest layer.
@@ -183,7 +181,7 @@ pub(super) struct Opened {
 /// serves a layer's tar by its diff_id instead. The tar's size is not
 /// written anywhere we can read through skopeo 1.9's protocol, so these
 /// fetches go without a size (see [`stream_blob`]) and rest on the diff_id.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Substitutes(Vec<(Digest, Descriptor)>);
 
 impl Substitutes {
@@ -200,7 +198,8 @@ pub(super) struct ProxySource {
     /// `None` only while dropping.
     runtime: Option<tokio::runtime::Runtime>,
     pool: Arc<Pool>,
-    substitutes: Substitutes,
+    /// Set once the config is known, for `containers-storage:` only.
+    substitutes: OnceLock<Substitutes>,
 }
 
 impl std::fmt::Debug for ProxySource {
@@ -234,7 +233,7 @@ pub(super) fn inspect_raw(reference: &str, insecure_tls: bool) -> Result<Vec<u8>
 
 impl ProxySource {
     /// Starts the first proxy process, opens the image and fetches its
-    /// manifest and config. `platform` is the chosen index entry's
+    /// manifest. `platform` is the chosen index entry's
     /// platform when the image is an index.
     pub(super) fn open(
         reference: &str,
@@ -262,7 +261,7 @@ impl ProxySource {
         let source = ProxySource {
             runtime: Some(runtime),
             pool: Arc::clone(&pool),
-            substitutes: Substitutes::default(),
+            substitutes: OnceLock::new(),
         };
         let opened = source.block_on(async move {
             let (_permit, connection) = pool.checkout().await?;
@@ -282,11 +281,29 @@ impl ProxySource {
             .block_on(future)
     }
 
+    /// The config blob, unverified: as stored, or skopeo's translation
+    /// when the manifest is `converted`.
+    pub(super) fn fetch_config(
+        &self,
+        manifest: &ImageManifest,
+        converted: bool,
+    ) -> Result<Vec<u8>, FetchError> {
+        let pool = Arc::clone(&self.pool);
+        self.block_on(async move {
+            let (_permit, connection) = pool.checkout().await?;
+            let result = fetch_config(&pool.settings, &connection, manifest, converted).await;
+            if let Some(closing) = pool.checkin(connection) {
+                closing.shut_down().await;
+            }
+            result
+        })
+    }
+
     /// For `containers-storage:`, records that each manifest layer is
     /// served as the uncompressed tar named by its diff_id (from the
     /// verified config); other transports serve the manifest's blobs.
     pub(super) fn serve_diff_ids(
-        &mut self,
+        &self,
         manifest: &ImageManifest,
         config: &[u8],
     ) -> Result<(), FetchError> {
@@ -318,7 +335,9 @@ impl ProxySource {
             let served = Descriptor::new(MediaType::ImageLayer, 0, diff_id);
             pairs.push((layer.digest().clone(), served));
         }
-        self.substitutes = Substitutes(pairs);
+        // A second call (config fetched twice by racing threads) finds
+        // the same pairs already set.
+        let _ = self.substitutes.set(Substitutes(pairs));
         Ok(())
     }
 
@@ -326,7 +345,7 @@ impl ProxySource {
     /// its size is known: the layer itself, except for
     /// `containers-storage:` (see [`Substitutes`]).
     pub(super) fn served<'a>(&'a self, descriptor: &'a Descriptor) -> (&'a Descriptor, bool) {
-        match self.substitutes.get(descriptor) {
+        match self.substitutes.get().and_then(|s| s.get(descriptor)) {
             Some(substitute) => (substitute, false),
             None => (descriptor, true),
         }
@@ -407,7 +426,7 @@ impl Drop for ProxySource {
     }
 }
 
-/// The manifest (with skopeo's digest for it) and the raw config.
+/// The manifest, with skopeo's digest for it.
 async fn fetch_metadata(
     settings: &Settings,
     connection: &Connection,
@@ -438,25 +457,32 @@ async fn fetch_metadata(
         })?;
     }
     let manifest: ImageManifest = super::parse_json(&raw_manifest, "manifest", &digest)?;
-    // skopeo's config calls re-serialize the config, so unless the
-    // manifest itself was translated (and its config with it) we fetch
-    // the config blob as stored.
-    let raw_config = if converted {
-        connection
-            .proxy
-            .fetch_config_raw(&connection.image)
-            .await
-            .map_err(settings.proxy_error("fetching the config of"))?
-    } else {
-        fetch_small_blob(settings, connection, manifest.config()).await?
-    };
     Ok(Opened {
         digest,
         raw_manifest,
         manifest,
         converted,
-        raw_config,
     })
+}
+
+/// The raw config. skopeo's config calls re-serialize the config, so
+/// unless the manifest itself was translated (and its config with it) we
+/// fetch the config blob as stored.
+async fn fetch_config(
+    settings: &Settings,
+    connection: &Connection,
+    manifest: &ImageManifest,
+    converted: bool,
+) -> Result<Vec<u8>, FetchError> {
+    if converted {
+        connection
+            .proxy
+            .fetch_config_raw(&connection.image)
+            .await
+            .map_err(settings.proxy_error("fetching the config of"))
+    } else {
+        fetch_small_blob(settings, connection, manifest.config()).await
+    }
 }
 
 /// A metadata blob, read whole (verification is the caller's).

@@ -125,9 +125,12 @@ pub fn assert_identical(source: &Source, image: &WrittenImage, index: Option<&Bl
         "manifest bytes differ"
     );
     assert!(!manifest.converted);
-    assert_eq!(source.config().digest.to_string(), image.config.digest);
+    assert_eq!(
+        source.config().expect("config").digest.to_string(),
+        image.config.digest
+    );
     assert!(
-        source.config().raw == image.config.bytes,
+        source.config().expect("config").raw == image.config.bytes,
         "config bytes differ"
     );
     match (source.index(), index) {
@@ -161,7 +164,7 @@ pub fn assert_identical(source: &Source, image: &WrittenImage, index: Option<&Bl
 /// layers their own way (`docker-archive:`, `containers-storage:`).
 pub fn assert_same_tars(source: &Source, image: &WrittenImage) {
     let config: serde_json::Value =
-        serde_json::from_slice(&source.config().raw).expect("config is JSON");
+        serde_json::from_slice(&source.config().expect("config").raw).expect("config is JSON");
     let diff_ids: Vec<&str> = config["rootfs"]["diff_ids"]
         .as_array()
         .expect("diff_ids")
