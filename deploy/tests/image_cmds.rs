@@ -249,3 +249,107 @@ fn parallel_layer_import_all_or_nothing() {
     assert_eq!(info["layers"].as_array().unwrap().len(), 6);
     assert_clean(&repo, "after a parallel pull");
 }
+
+/// Layer `index` of a 20-layer image: a directory of its own with a file
+/// large enough to be an object, whose content says which image version
+/// (`flavour`) made it.
+fn numbered_layer(index: usize, flavour: &str) -> LayerSpec {
+    let dir = format!("usr/share/layer{index:02}/");
+    let file = format!("{dir}data");
+    let content = numbered_content(index, flavour);
+    LayerSpec {
+        tar: tar_archive(&[
+            ("usr/", b""),
+            ("usr/share/", b""),
+            (&dir, b""),
+            (&file, &content),
+        ]),
+        blob: LayerBlob::Gzip,
+    }
+}
+
+fn numbered_content(index: usize, flavour: &str) -> Vec<u8> {
+    format!("layer {index} of {flavour}\n")
+        .repeat(200)
+        .into_bytes()
+}
+
+#[test]
+fn images_sharing_layers_fetch_and_keep_only_their_own() {
+    let work = tempfile::tempdir().unwrap();
+    // v1 and v2 share layers 0..15; 15..20 differ.
+    let flavour =
+        |version: &str, index: usize| if index < 15 { "base" } else { version }.to_owned();
+    for version in ["v1", "v2"] {
+        let layers = (0..20)
+            .map(|i| numbered_layer(i, &flavour(version, i)))
+            .collect();
+        write_layout(
+            &work.path().join(version),
+            version,
+            &[ImageSpec::linux("amd64", layers)],
+        )
+        .unwrap();
+    }
+    let source = |version: &str| format!("oci:{}:{version}", work.path().join(version).display());
+    let repo = work.path().join("repo");
+    ok(ours(&repo).args(["repo", "init", "--insecure"]));
+    let pull = |version: &str| {
+        json(ours(&repo).args([
+            "--json",
+            "image",
+            "pull",
+            &source(version),
+            "--name",
+            version,
+        ]))
+    };
+    let first = pull("v1");
+    assert_eq!(first["fetched"]["layers"], 20, "{first}");
+    let second = pull("v2");
+    assert_eq!(second["fetched"]["layers"], 5, "{second}");
+    assert_eq!(second["layersPresent"], 15, "{second}");
+
+    ok(ours(&repo).args(["image", "untag", "v1"]));
+    ok(ours(&repo).args(["repo", "gc"]));
+    assert_clean(&repo, "after untagging v1 and gc");
+    for index in 15..20 {
+        let own = numbered_content(index, "v1");
+        assert!(!repo.join(object_of(&own)).exists(), "v1's layer {index}");
+        let kept = numbered_content(index, "v2");
+        assert!(repo.join(object_of(&kept)).exists(), "v2's layer {index}");
+    }
+    for index in 0..15 {
+        let shared = numbered_content(index, "base");
+        assert!(
+            repo.join(object_of(&shared)).exists(),
+            "shared layer {index}"
+        );
+    }
+    let image = |pulled: &serde_json::Value| pulled["image"].as_str().unwrap().to_owned();
+    assert!(!repo.join("images").join(image(&first)).exists());
+
+    // v2 mounts whole: every layer's file with v2's content.
+    if let Some(why) = common::cannot_mount() {
+        println!(
+            "SKIPPED the mount of v2 in images_sharing_layers_fetch_and_keep_only_their_own: {why}"
+        );
+        return;
+    }
+    let mountpoint = work.path().join("mnt");
+    std::fs::create_dir(&mountpoint).unwrap();
+    ok(ours(&repo)
+        .args(["image", "mount", &image(&second)])
+        .arg(&mountpoint));
+    let _mounted = common::Mounted(mountpoint.clone());
+    for index in 0..20 {
+        let path = mountpoint.join(format!("usr/share/layer{index:02}/data"));
+        let content = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!(
+            content,
+            numbered_content(index, &flavour("v2", index)),
+            "{index}"
+        );
+    }
+    println!("v1 then v2 (15 of 20 layers shared): fetched 20 then 5 layers; gc kept v2 whole");
+}
