@@ -47,3 +47,4 @@ bench:
     cargo bench -p cfs-tests --bench mkfs
     cargo build --release -p cfs-deploy
     scripts/bench-import.sh target/release/cfs-deploy
+    scripts/bench-pull.sh target/release/cfs-deploy

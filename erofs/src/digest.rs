@@ -8,8 +8,6 @@
 use std::fmt;
 use std::hash::Hash;
 
-use sha2::Digest;
-
 /// The hash algorithms fs-verity supports, with the kernel's numeric ids
 /// (`FS_VERITY_HASH_ALG_*`), which also appear in overlay metacopy xattrs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -67,16 +65,13 @@ pub trait FsVerityDigest:
 {
     /// The algorithm that produced this digest.
     const ALGORITHM: Algorithm;
-    /// The hash function, as a `sha2` hasher.
-    type Hasher: Digest + Clone;
-
     /// Builds a digest from exactly [`Algorithm::digest_len`] bytes.
     fn from_slice(bytes: &[u8]) -> Option<Self>;
 
-    /// Builds a digest from the hasher's output.
-    fn from_hasher(hasher: Self::Hasher) -> Self {
-        Self::from_slice(&hasher.finalize()).expect("hasher output has the digest's length")
-    }
+    /// The hash of `parts`, concatenated. OpenSSL's: its SHA-512 is about
+    /// 40% faster than the `sha2` crate's here, and fs-verity hashing is
+    /// most of the CPU time of a pull.
+    fn hash_parts(parts: &[&[u8]]) -> Self;
 
     /// Lowercase hex, as used in object names and kernel arguments.
     fn to_hex(&self) -> String {
@@ -110,10 +105,16 @@ macro_rules! digest_type {
 
         impl FsVerityDigest for $name {
             const ALGORITHM: Algorithm = $alg;
-            type Hasher = $hasher;
-
             fn from_slice(bytes: &[u8]) -> Option<Self> {
                 bytes.try_into().ok().map(Self)
+            }
+
+            fn hash_parts(parts: &[&[u8]]) -> Self {
+                let mut hasher = <$hasher>::new();
+                for part in parts {
+                    hasher.update(part);
+                }
+                Self(hasher.finish())
             }
         }
 
@@ -142,14 +143,14 @@ digest_type!(
     Sha256Digest,
     32,
     Algorithm::Sha256,
-    sha2::Sha256
+    openssl::sha::Sha256
 );
 digest_type!(
     /// A SHA-512 fs-verity digest.
     Sha512Digest,
     64,
     Algorithm::Sha512,
-    sha2::Sha512
+    openssl::sha::Sha512
 );
 
 #[cfg(test)]

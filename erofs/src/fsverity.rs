@@ -10,8 +10,6 @@
 //! current, partly filled block of child hashes, so memory is bounded by the
 //! tree height (a few blocks) whatever the file size.
 
-use sha2::Digest;
-
 use crate::digest::FsVerityDigest;
 
 /// Merkle tree block size; the only one composefs uses (`lg_blocksize` 12).
@@ -44,14 +42,10 @@ impl<H: FsVerityDigest> Default for FsVerityHasher<H> {
     }
 }
 
+/// The hash of a block, zero-padded to [`BLOCK_SIZE`].
 fn hash_block<H: FsVerityDigest>(block: &[u8]) -> H {
-    let mut hasher = H::Hasher::new();
-    hasher.update(block);
-    if block.len() < BLOCK_SIZE {
-        const ZEROS: [u8; BLOCK_SIZE] = [0; BLOCK_SIZE];
-        hasher.update(&ZEROS[block.len()..]);
-    }
-    H::from_hasher(hasher)
+    const ZEROS: [u8; BLOCK_SIZE] = [0; BLOCK_SIZE];
+    H::hash_parts(&[block, &ZEROS[block.len().min(BLOCK_SIZE)..]])
 }
 
 impl<H: FsVerityDigest> FsVerityHasher<H> {
@@ -153,9 +147,7 @@ impl<H: FsVerityDigest> FsVerityHasher<H> {
             descriptor[16..16 + root.as_ref().len()].copy_from_slice(root.as_ref());
         }
         // [80..112] salt, [112..256] reserved: all zero
-        let mut hasher = H::Hasher::new();
-        hasher.update(descriptor);
-        H::from_hasher(hasher)
+        H::hash_parts(&[&descriptor])
     }
 }
 
@@ -199,9 +191,7 @@ mod tests {
         descriptor[2] = 12;
         descriptor[8..16].copy_from_slice(&(data.len() as u64).to_le_bytes());
         descriptor[16..16 + root.len()].copy_from_slice(&root);
-        let mut hasher = H::Hasher::new();
-        hasher.update(descriptor);
-        H::from_hasher(hasher)
+        H::hash_parts(&[&descriptor])
     }
 
     #[test]

@@ -11,4 +11,5 @@ pub mod catalog;
 pub mod fetch;
 pub mod merge;
 pub mod pull;
+mod read_ahead;
 pub mod tar;

@@ -17,6 +17,7 @@ use oci_spec::image::ImageConfiguration;
 
 use crate::fetch::{FetchError, FetchOptions, FetchStats, Source};
 use crate::merge::{merge_layers, Departure, MergeError};
+use crate::read_ahead::read_ahead;
 use crate::tar::{layer_entries, split_layer, TarError};
 
 /// Named ref of a config stream to its plain EROFS image, by format epoch.
@@ -52,14 +53,6 @@ pub enum PullError {
         /// What is wrong.
         #[source]
         source: TarError,
-    },
-    /// The layer's tar does not hash to the config's diff_id.
-    #[error("layer tar hashes to {found}, but the config says {expected}")]
-    DiffId {
-        /// From the config.
-        expected: String,
-        /// What the bytes hash to.
-        found: String,
     },
     /// Layers that do not merge into a tree.
     #[error(transparent)]
@@ -198,16 +191,14 @@ fn import_layer<H: FsVerityDigest>(
     let tar = source.open_layer_tar_observed(descriptor, &expected, |bytes| {
         progress.event(PullEvent::LayerRead { diff_id, bytes })
     })?;
-    let split = split_layer(repo, tar).map_err(|source| PullError::Tar {
-        diff_id: diff_id.to_owned(),
-        source,
-    })?;
-    if split.diff_id != diff_id {
-        return Err(PullError::DiffId {
-            expected: diff_id.to_owned(),
-            found: split.diff_id,
-        });
-    }
+    // Decompressing and checking on one thread, splitting and hashing on
+    // this one.
+    let split = std::thread::scope(|scope| split_layer(repo, read_ahead(scope, tar))).map_err(
+        |source| PullError::Tar {
+            diff_id: diff_id.to_owned(),
+            source,
+        },
+    )?;
     let stream = repo.write_stream(&layer_id(diff_id), &split.stream_bytes, None)?;
     progress.event(PullEvent::LayerDone { diff_id });
     Ok(stream)

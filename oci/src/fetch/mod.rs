@@ -229,7 +229,9 @@ impl Default for FetchOptions {
         FetchOptions {
             insecure_tls: false,
             platform: None,
-            max_parallel: std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN),
+            max_parallel: std::thread::available_parallelism()
+                .unwrap_or(NonZeroUsize::MIN)
+                .saturating_mul(NonZeroUsize::new(3).unwrap()),
         }
     }
 }

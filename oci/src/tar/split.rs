@@ -3,8 +3,9 @@
 //! The tar is read once, as it arrives: header blocks go into the
 //! stream, each large file body is streamed straight into a repository
 //! object (memory stays bounded by the largest run of inline data, as the
-//! format needs each run's length before its bytes), and the SHA-256 of
-//! every byte read is the layer's diff_id. What goes inline and what
+//! format needs each run's length before its bytes). The diff_id is the
+//! caller's to check, on the bytes as they are read (`fetch` does), so the
+//! stream reassembles to exactly the tar it was checked on. What goes inline and what
 //! becomes an object follows the reference exactly: regular files of more
 //! than [`INLINE_CONTENT_MAX`] bytes are objects, with their padding
 //! inline; everything after the end-of-archive marker is kept inline too,
@@ -15,7 +16,6 @@ use std::io::{self, BufReader, Read};
 use cfs_erofs::digest::FsVerityDigest;
 use cfs_images::splitstream::{ContentType, SplitStreamWriter};
 use cfs_images::Repository;
-use sha2::{Digest, Sha256};
 
 use super::header::{self, Blocks, Event, BLOCK};
 use super::{shown, Shape, TarError, INLINE_CONTENT_MAX};
@@ -27,10 +27,6 @@ pub const TRAILING_MAX: u64 = 1 << 20;
 /// A tar layer split into a split stream, not yet stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SplitLayer {
-    /// `sha256:<hex>` of the tar bytes: the layer's diff_id, for the
-    /// caller to compare with the image config before storing the stream
-    /// as `oci-layer-<diff_id>`.
-    pub diff_id: String,
     /// The split stream file; the objects it names are stored already.
     pub stream_bytes: Vec<u8>,
     /// Length of the tar in bytes.
@@ -38,16 +34,14 @@ pub struct SplitLayer {
 }
 
 /// Hashes and counts everything read through it.
-struct Hashing<R> {
+struct Counting<R> {
     inner: R,
-    hasher: Sha256,
     count: u64,
 }
 
-impl<R: Read> Read for Hashing<R> {
+impl<R: Read> Read for Counting<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
         self.count += n as u64;
         Ok(n)
     }
@@ -55,7 +49,7 @@ impl<R: Read> Read for Hashing<R> {
 
 /// The tar being split and the stream being written.
 struct Splitter<R, H: FsVerityDigest> {
-    input: BufReader<Hashing<R>>,
+    input: BufReader<Counting<R>>,
     writer: SplitStreamWriter<H>,
     /// Bytes consumed from the tar.
     offset: u64,
@@ -177,7 +171,7 @@ enum BodyFailure {
 /// The next `left` bytes of the tar, failing at an early end so that a
 /// short body is never stored as if complete.
 struct Body<'a, R> {
-    input: &'a mut BufReader<Hashing<R>>,
+    input: &'a mut BufReader<Counting<R>>,
     left: u64,
     failure: Option<BodyFailure>,
 }
@@ -209,7 +203,7 @@ impl<R: Read> Read for Body<'_, R> {
 
 /// Splits the uncompressed tar `tar` into a split stream, storing every
 /// regular file body of more than [`INLINE_CONTENT_MAX`] bytes as an
-/// object of `repo`, and computes its diff_id.
+/// object of `repo`.
 ///
 /// The stream is byte-identical to composefs-rs 0.9.4's for the same tar.
 /// Every entry is checked as [`layer_entries`](super::layer_entries)
@@ -226,9 +220,8 @@ pub fn split_layer<H: FsVerityDigest>(
     let mut splitter = Splitter {
         input: BufReader::with_capacity(
             256 << 10,
-            Hashing {
+            Counting {
                 inner: tar,
-                hasher: Sha256::new(),
                 count: 0,
             },
         ),
@@ -259,10 +252,8 @@ pub fn split_layer<H: FsVerityDigest>(
         }
     }
     let Splitter { input, writer, .. } = splitter;
-    let hashing = input.into_inner();
     Ok(SplitLayer {
-        diff_id: format!("sha256:{}", hex::encode(hashing.hasher.finalize())),
         stream_bytes: writer.finish(),
-        size: hashing.count,
+        size: input.into_inner().count,
     })
 }
