@@ -6,7 +6,8 @@
 set -eu
 
 APT_PACKAGES="erofs-utils fsverity policycoreutils selinux-policy-default \
-mmdebstrap util-linux e2fsprogs time skopeo docker-registry podman umoci"
+mmdebstrap util-linux e2fsprogs time skopeo docker-registry podman umoci buildah \
+libssl-dev pkg-config"
 CFSCTL_VERSION=0.9.4
 
 run_root() {

@@ -6,6 +6,7 @@
 
 pub mod oci_layout;
 pub mod ondisk;
+pub mod registry;
 
 use cfs_erofs::digest::FsVerityDigest;
 use cfs_erofs::tree::{

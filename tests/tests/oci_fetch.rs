@@ -10,13 +10,12 @@
 
 mod oci_fetch_common;
 
-use std::net::{TcpListener, TcpStream};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use cfs_oci::fetch::{FetchError, Source};
+use cfs_tests::registry::Registry;
 use oci_fetch_common::*;
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -224,54 +223,6 @@ fn containers_storage_gives_the_same_layers() {
     assert_no_skopeo_children();
 }
 
-/// A `docker-registry` serving from a tempdir on a free loopback port,
-/// killed when dropped.
-struct Registry {
-    child: Child,
-    address: String,
-}
-
-impl Registry {
-    fn start(root: &Path) -> Registry {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let address = format!("127.0.0.1:{port}");
-        let config = root.join("registry.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    \
-                 rootdirectory: {}\nhttp:\n  addr: {address}\n",
-                root.join("data").display()
-            ),
-        )
-        .expect("writing the registry config");
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting docker-registry");
-        let registry = Registry { child, address };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(&registry.address).is_err() {
-            assert!(Instant::now() < deadline, "the registry did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        registry
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn registry_over_plain_http() {
     let _serial = serial();
@@ -285,7 +236,7 @@ fn registry_over_plain_http() {
     let dir = tempfile::tempdir().expect("tempdir");
     let layout_dir = dir.path().join("layout");
     let layout = write_test_layout(&layout_dir);
-    let registry = Registry::start(dir.path());
+    let registry = Registry::start(dir.path()).expect("docker-registry is installed");
     let from = format!("oci:{}:{TAG}", layout_dir.display());
     let image = format!("docker://{}/cfs/test:{TAG}", registry.address);
     skopeo_copy(&["--all", "--dest-tls-verify=false", &from, &image]);
