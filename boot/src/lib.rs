@@ -9,9 +9,18 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs, clippy::print_stdout, clippy::print_stderr)]
 
+pub mod content;
+pub mod entries;
+pub mod install;
+pub mod kargs;
+pub mod os_release;
 pub mod policy;
+pub mod resources;
 pub mod selabel;
 pub mod transform;
+pub mod uki;
+pub mod version;
 
-pub use selabel::{selabel, DirectorySource, Labelling, PolicySource, SelabelError};
+pub use content::{ContentSource, DirectorySource};
+pub use selabel::{selabel, Labelling, SelabelError};
 pub use transform::{transform_for_boot, BootError};

@@ -11,7 +11,7 @@
 //! The policy files are found in the tree, without following symlinks,
 //! exactly as composefs-rs 0.9.4 does for repository images. Their bytes
 //! are either inline in the tree or external objects, which a
-//! [`PolicySource`] supplies: a repository, objects held in memory, or the
+//! [`ContentSource`] supplies: a repository, objects held in memory, or the
 //! on-disk directory the tree was read from.
 
 use std::collections::HashMap;
@@ -23,6 +23,7 @@ use cfs_erofs::tree::{
     Directory, FileName, FileSystem, Inode, Leaf, LeafContent, LeafId, RegularFile, Stat,
 };
 
+use crate::content::ContentSource;
 use crate::policy::{policy_type, FileKind, Policy, PolicyBuilder, PolicyError};
 
 /// The xattr that holds a file's SELinux label.
@@ -37,50 +38,6 @@ const SPEC_FILES: [&str; 3] = [
 
 /// Substitution files, in the order they are applied (later wins).
 const SUBS_FILES: [&str; 2] = ["file_contexts.subs", "file_contexts.subs_dist"];
-
-/// Supplies the bytes of external regular files (those stored as objects
-/// rather than inline in the tree) that labelling needs to read.
-pub trait PolicySource<H: FsVerityDigest> {
-    /// Reads the whole content of the external file at `path` (absolute,
-    /// inside the image) whose object is `digest`, `size` bytes long.
-    fn read_external(&self, path: &Path, digest: &H, size: u64) -> io::Result<Vec<u8>>;
-}
-
-/// Objects held in memory, by digest: for trees built in memory, and for
-/// tests.
-impl<H: FsVerityDigest> PolicySource<H> for HashMap<H, Vec<u8>> {
-    fn read_external(&self, path: &Path, digest: &H, _size: u64) -> io::Result<Vec<u8>> {
-        self.get(digest).cloned().ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("no object {} for {}", digest.to_hex(), path.display()),
-            )
-        })
-    }
-}
-
-/// The directory a tree was scanned from, with no repository: a file is
-/// read again from the same path below it (as `cfsctl compute-id
-/// --bootable DIR` does). Paths are resolved inside the directory and
-/// cannot escape it.
-#[derive(Debug)]
-pub struct DirectorySource {
-    root: cap_std::fs::Dir,
-}
-
-impl DirectorySource {
-    /// Reads files below `root`, the directory the tree was scanned from.
-    pub fn new(root: cap_std::fs::Dir) -> Self {
-        Self { root }
-    }
-}
-
-impl<H: FsVerityDigest> PolicySource<H> for DirectorySource {
-    fn read_external(&self, path: &Path, _digest: &H, _size: u64) -> io::Result<Vec<u8>> {
-        let relative = path.strip_prefix("/").unwrap_or(path);
-        self.root.read(relative)
-    }
-}
 
 /// Why an image cannot be labelled.
 #[derive(Debug, thiserror::Error)]
@@ -165,7 +122,7 @@ struct PolicyFiles<'a, H, S> {
     source: &'a S,
 }
 
-impl<'a, H: FsVerityDigest, S: PolicySource<H>> PolicyFiles<'a, H, S> {
+impl<'a, H: FsVerityDigest, S: ContentSource<H>> PolicyFiles<'a, H, S> {
     /// Walks `components` down from `dir` (at `path`); `None` if one is
     /// missing, an error if one is not a directory.
     fn directory(
@@ -397,7 +354,7 @@ pub fn strip_labels<H: FsVerityDigest>(fs: &mut FileSystem<H>) {
 /// policy files stored as objects.
 pub fn selabel<H: FsVerityDigest>(
     fs: &mut FileSystem<H>,
-    source: &impl PolicySource<H>,
+    source: &impl ContentSource<H>,
 ) -> Result<Labelling, SelabelError> {
     let loaded = PolicyFiles { fs, source }.load()?;
     let Some((policy_type, policy)) = loaded else {
@@ -417,6 +374,7 @@ pub fn selabel<H: FsVerityDigest>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::content::DirectorySource;
     use cfs_erofs::digest::Sha256Digest;
     use cfs_erofs::tree::{Mode, Xattrs};
 

@@ -13,7 +13,8 @@
 use cfs_erofs::digest::FsVerityDigest;
 use cfs_erofs::tree::{Directory, FileSystem, Inode, Mtime};
 
-use crate::selabel::{selabel, PolicySource, SelabelError};
+use crate::content::ContentSource;
+use crate::selabel::{selabel, SelabelError};
 
 /// Top-level directories emptied for boot, in the order they are handled.
 const EMPTIED: [&str; 2] = ["boot", "sysroot"];
@@ -57,7 +58,7 @@ fn top_level<'a>(
 /// supplies the content of policy files stored as objects.
 pub fn transform_for_boot<H: FsVerityDigest>(
     fs: &mut FileSystem<H>,
-    source: &impl PolicySource<H>,
+    source: &impl ContentSource<H>,
 ) -> Result<(), BootError> {
     let usr_mtime: Mtime = top_level(&mut fs.root, "usr")?.stat.mtime;
     for name in EMPTIED {

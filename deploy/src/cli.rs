@@ -57,6 +57,14 @@ pub enum Command {
     /// Work with the repository itself.
     #[command(subcommand)]
     Repo(RepoCommand),
+    /// Mark the booted boot entry good (drop its boot counter), once the
+    /// system reached boot-complete.target.
+    Bless {
+        /// The ESP (default: the first of /efi, /boot/efi, /boot that
+        /// holds loader/).
+        #[arg(long)]
+        esp: Option<PathBuf>,
+    },
 }
 
 /// `repo` subcommands.

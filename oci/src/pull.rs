@@ -164,9 +164,9 @@ pub(crate) fn layer_id(diff_id: &str) -> String {
 
 /// Reads policy files of the image from the repository, for SELinux
 /// labelling of the boot image.
-struct RepoPolicy<'a, H>(&'a Repository<H>);
+struct RepoContent<'a, H>(&'a Repository<H>);
 
-impl<H: FsVerityDigest> cfs_boot::PolicySource<H> for RepoPolicy<'_, H> {
+impl<H: FsVerityDigest> cfs_boot::ContentSource<H> for RepoContent<'_, H> {
     fn read_external(&self, _path: &Path, digest: &H, _size: u64) -> std::io::Result<Vec<u8>> {
         self.0.read_object(digest).map_err(std::io::Error::other)
     }
@@ -393,7 +393,7 @@ fn import<H: FsVerityDigest>(
     let plain =
         cfs_erofs::writer::mkfs(&fs, format).map_err(|e| PullError::Image(e.to_string()))?;
     let image = repo.write_image(&plain, None)?;
-    let boot_image = match cfs_boot::transform_for_boot(&mut fs, &RepoPolicy(repo)) {
+    let boot_image = match cfs_boot::transform_for_boot(&mut fs, &RepoContent(repo)) {
         Ok(()) => {
             let bytes = cfs_erofs::writer::mkfs(&fs, format)
                 .map_err(|e| PullError::Image(e.to_string()))?;

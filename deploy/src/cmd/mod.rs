@@ -1,5 +1,6 @@
 //! Runs parsed commands.
 
+mod bless;
 mod image;
 mod repo;
 
@@ -35,6 +36,7 @@ fn uses_existing_repo(command: &Command) -> bool {
     match command {
         Command::Repo(RepoCommand::Init { .. }) => false,
         Command::Repo(_) => true,
+        Command::Bless { .. } => false,
         Command::Image(command) => matches!(
             command,
             ImageCommand::Create { .. }
@@ -68,6 +70,7 @@ fn dispatch<H: FsVerityDigest>(args: Args) -> Result<()> {
     match &args.command {
         Command::Image(command) => image::run::<H>(&args, command),
         Command::Repo(command) => repo::run::<H>(&args, command),
+        Command::Bless { esp } => bless::run(esp.as_deref()),
     }
 }
 
