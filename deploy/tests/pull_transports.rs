@@ -10,23 +10,19 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use cfs_tests::oci_layout::{tar_archive, write_layout, ImageSpec, LayerBlob, LayerSpec};
+use cfs_tests::oci_layout::{
+    sha256_digest, tar_archive, write_layout, ImageSpec, LayerBlob, LayerSpec, WrittenImage,
+};
 use cfs_tests::registry::Registry;
+use cfs_tests::tools::installed;
 use common::{assert_clean, cfsctl, ok, ours, output};
 
 mod common;
 
 const TAG: &str = "v1";
 
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {tool} >/dev/null")])
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 /// A bootable-looking tree over three layers (the second whites out a
-/// file of the first); `arch` goes into a file so the platforms differ.
+/// file of the first, the third makes a directory of it opaque); `arch` goes into a file so the platforms differ.
 /// Gzip only when `docker` (Docker images cannot hold zstd layers).
 fn bootable(arch: &str, docker: bool) -> ImageSpec {
     let kernel = format!("kernel for {arch}\n").repeat(4000);
@@ -40,13 +36,22 @@ fn bootable(arch: &str, docker: bool) -> ImageSpec {
         ("usr/", b""),
         ("usr/bin/", b""),
         ("usr/bin/tool", &vec![b'x'; 90_000]),
+        ("usr/share/", b""),
+        ("usr/share/doc/", b""),
+        ("usr/share/doc/old", b"old documentation"),
     ]);
     let update = tar_archive(&[
         ("etc/", b""),
         ("etc/.wh.old.conf", b""),
         ("etc/arch", arch.as_bytes()),
     ]);
-    let extra = tar_archive(&[("usr/share/", b""), ("usr/share/big", &vec![b'y'; 70_000])]);
+    let extra = tar_archive(&[
+        ("usr/share/", b""),
+        ("usr/share/big", &vec![b'y'; 70_000]),
+        ("usr/share/doc/", b""),
+        ("usr/share/doc/.wh..wh..opq", b""),
+        ("usr/share/doc/new", b"new documentation"),
+    ]);
     let second = if docker {
         LayerBlob::Gzip
     } else {
@@ -77,14 +82,37 @@ fn skopeo_copy(args: &[&str]) {
         .args(args));
 }
 
-/// Our plain and boot image digests for `reference` (pulled into `repo`).
-fn our_images(repo: &Path, reference: &str, extra: &[&str]) -> (String, String) {
+/// What one of our pulls made: the manifest and config it took, and its
+/// plain and boot EROFS image digests.
+#[derive(Debug)]
+struct Pulled {
+    manifest: String,
+    config: String,
+    image: String,
+    boot_image: String,
+}
+
+/// Pulls `reference` into `repo`.
+fn our_images(repo: &Path, reference: &str, extra: &[&str]) -> Pulled {
     let text = ok(ours(repo)
         .args(["--json", "--quiet", "image", "pull", reference])
         .args(extra));
     let json: serde_json::Value = serde_json::from_str(&text).expect("JSON");
     let digest = |key: &str| json[key].as_str().unwrap_or_default().to_owned();
-    (digest("image"), digest("bootImage"))
+    Pulled {
+        manifest: digest("manifest"),
+        config: digest("config"),
+        image: digest("image"),
+        boot_image: digest("bootImage"),
+    }
+}
+
+/// The raw config of `reference`, as skopeo reads it.
+fn skopeo_config(reference: &str, extra: &[&str]) -> Vec<u8> {
+    ok(Command::new("skopeo")
+        .args(extra)
+        .args(["inspect", "--config", "--raw", reference]))
+    .into_bytes()
 }
 
 /// The reference's plain and boot image digests for `reference`.
@@ -131,7 +159,7 @@ impl Fixture {
             println!("SKIPPED {test}: cfsctl is not installed (run scripts/setup.sh)");
             return None;
         };
-        if !have("skopeo") {
+        if !installed("skopeo") {
             println!("SKIPPED {test}: skopeo is not installed (run scripts/setup.sh)");
             return None;
         }
@@ -144,15 +172,15 @@ impl Fixture {
         })
     }
 
-    /// Checks ours against the reference for `reference`; returns the
-    /// plain digest.
+    /// Checks ours against the reference for `reference`; returns what
+    /// we pulled.
     fn compare(
         &self,
         name: &str,
         reference: &str,
         ours_extra: &[&str],
         env: &[(&str, &Path)],
-    ) -> String {
+    ) -> Pulled {
         self.compare_via(name, reference, reference, ours_extra, env)
     }
 
@@ -169,7 +197,7 @@ impl Fixture {
         oracle: &str,
         ours_extra: &[&str],
         env: &[(&str, &Path)],
-    ) -> String {
+    ) -> Pulled {
         let repo = self.root.join(format!("ours-{name}"));
         ok(ours(&repo).args(["repo", "init", "--insecure"]));
         let mine = our_images(&repo, reference, ours_extra);
@@ -179,15 +207,15 @@ impl Fixture {
             oracle,
             env,
         );
-        assert_eq!(mine.0, theirs.0, "{name}: plain image");
-        assert_eq!(mine.1, theirs.1, "{name}: boot image");
+        assert_eq!(mine.image, theirs.0, "{name}: plain image");
+        assert_eq!(mine.boot_image, theirs.1, "{name}: boot image");
         assert_clean(&repo, name);
         println!(
             "{name}: plain {} boot {} equal cfsctl's",
-            &mine.0[..12],
-            &mine.1[..12]
+            &mine.image[..12],
+            &mine.boot_image[..12]
         );
-        mine.0
+        mine
     }
 }
 
@@ -197,7 +225,7 @@ fn every_transport_matches_cfsctl() {
         return;
     };
     let layout = fx.root.join("layout");
-    write_layout(
+    let written = write_layout(
         &layout,
         TAG,
         &[bootable("amd64", false), bootable("arm64", false)],
@@ -205,7 +233,26 @@ fn every_transport_matches_cfsctl() {
     .expect("layout");
     let from = format!("oci:{}:{TAG}", layout.display());
     let host = ["--override-arch", "amd64"];
+    let amd64 = written.image("linux/amd64").expect("written");
     let plain = fx.compare("oci", &from, &["--platform", "linux/amd64"], &[]);
+    // Every copy but the docker-archive keeps the layout's config bytes
+    // (the same tars, so the same diff_ids) and so gives the same images.
+    // The manifest is kept where skopeo stores blobs as they are (`dir:`,
+    // containers-storage); on the way to an archive or a registry it
+    // compresses the plain third layer and so writes a new manifest.
+    let same_as = |pulled: Pulled, image: &WrittenImage, name: &str| {
+        assert_eq!(pulled.config, image.config.digest, "{name}: config");
+        let kept = ["oci", "dir", "containers-storage"].contains(&name);
+        assert_eq!(
+            pulled.manifest == image.manifest.digest,
+            kept,
+            "{name}: manifest {} (layout's: {})",
+            pulled.manifest,
+            image.manifest.digest
+        );
+        pulled.image
+    };
+    let plain = same_as(plain, amd64, "oci");
 
     // skopeo picks amd64 for the single-image forms; both tools read them
     // the same way.
@@ -217,7 +264,8 @@ fn every_transport_matches_cfsctl() {
         &from,
         &archive,
     ]));
-    assert_eq!(fx.compare("oci-archive", &archive, &[], &[]), plain);
+    let pulled = fx.compare("oci-archive", &archive, &[], &[]);
+    assert_eq!(same_as(pulled, amd64, "oci-archive"), plain);
     let dir = format!("dir:{}", fx.root.join("dir").display());
     ok(Command::new("skopeo").args(host).args([
         "--insecure-policy",
@@ -226,12 +274,15 @@ fn every_transport_matches_cfsctl() {
         &from,
         &dir,
     ]));
-    assert_eq!(fx.compare("dir", &dir, &[], &[]), plain);
+    let pulled = fx.compare("dir", &dir, &[], &[]);
+    assert_eq!(same_as(pulled, amd64, "dir"), plain);
 
     // Docker archives hold uncompressed layers under a Docker manifest,
     // and no zstd: a gzip-only image, compared as itself.
     let docker_layout = fx.root.join("docker-layout");
-    write_layout(&docker_layout, TAG, &[bootable("amd64", true)]).expect("layout");
+    let docker_written =
+        write_layout(&docker_layout, TAG, &[bootable("amd64", true)]).expect("layout");
+    let docker_image = &docker_written.images[0];
     let docker = format!(
         "docker-archive:{}:cfs/test:{TAG}",
         fx.root.join("docker.tar").display()
@@ -239,7 +290,22 @@ fn every_transport_matches_cfsctl() {
     skopeo_copy(&[&format!("oci:{}:{TAG}", docker_layout.display()), &docker]);
     let docker_copy = format!("oci:{}:{TAG}", fx.root.join("docker-copy").display());
     skopeo_copy(&[&docker, &docker_copy]);
-    fx.compare_via("docker-archive", &docker, &docker_copy, &[], &[]);
+    let pulled = fx.compare_via("docker-archive", &docker, &docker_copy, &[], &[]);
+    // The archive keeps the config bytes, but skopeo's OCI translation of
+    // it (what its proxy hands us, and what it writes to a layout)
+    // re-serializes them: another digest for the same JSON. The manifest
+    // is the translation of the archive's Docker one.
+    assert!(skopeo_config(&docker, &[]) == docker_image.config.bytes);
+    let translated = skopeo_config(&docker_copy, &[]);
+    let json = |bytes: &[u8]| serde_json::from_slice::<serde_json::Value>(bytes).expect("JSON");
+    assert_eq!(json(&translated), json(&docker_image.config.bytes));
+    assert_eq!(
+        pulled.config,
+        sha256_digest(&translated),
+        "docker-archive: config"
+    );
+    assert_ne!(pulled.config, docker_image.config.digest);
+    assert_ne!(pulled.manifest, docker_image.manifest.digest);
 
     // A private store: the host's is left alone.
     let store = format!(
@@ -258,8 +324,8 @@ fn every_transport_matches_cfsctl() {
     if copied.status.success() {
         let stored_copy = format!("oci:{}:{TAG}", fx.root.join("stored-copy").display());
         skopeo_copy(&[&stored, &stored_copy]);
-        let digest = fx.compare_via("containers-storage", &stored, &stored_copy, &[], &[]);
-        assert_eq!(digest, plain);
+        let pulled = fx.compare_via("containers-storage", &stored, &stored_copy, &[], &[]);
+        assert_eq!(same_as(pulled, amd64, "containers-storage"), plain);
     } else {
         println!(
             "SKIPPED containers-storage: unusable here: {}",
@@ -293,7 +359,7 @@ fn every_transport_matches_cfsctl() {
                 &[],
             );
             if std::env::consts::ARCH == "x86_64" {
-                assert_eq!(host_plain, plain);
+                assert_eq!(same_as(host_plain, amd64, "registry"), plain);
             }
             // And an arm64-only copy for the other platform, as `dir:`
             // (its `oci:` import refuses an image of another architecture).
@@ -315,7 +381,8 @@ fn every_transport_matches_cfsctl() {
                 &["--insecure-registry", "--platform", "linux/arm64"],
                 &[],
             );
-            assert_ne!(arm, plain, "arm64 is another image");
+            let arm64 = written.image("linux/arm64").expect("written");
+            assert_ne!(same_as(arm, arm64, "registry-arm64"), plain);
         }
         None => println!("SKIPPED registry: docker-registry is not installed"),
     }
@@ -327,7 +394,7 @@ fn buildah_image_in_containers_storage_matches_cfsctl() {
     let Some(fx) = Fixture::new(test) else {
         return;
     };
-    if !have("buildah") {
+    if !installed("buildah") {
         println!("SKIPPED {test}: buildah is not installed (run scripts/setup.sh)");
         return;
     }

@@ -7,6 +7,7 @@
 pub mod oci_layout;
 pub mod ondisk;
 pub mod registry;
+pub mod tools;
 
 use cfs_erofs::digest::FsVerityDigest;
 use cfs_erofs::tree::{

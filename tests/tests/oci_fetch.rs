@@ -10,12 +10,13 @@
 
 mod oci_fetch_common;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use cfs_oci::fetch::{FetchError, Source};
 use cfs_tests::registry::Registry;
+use cfs_tests::tools::installed;
 use oci_fetch_common::*;
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -24,17 +25,9 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 /// Whether skopeo is there; prints why a test is skipped if not.
 fn skopeo_available(test: &str) -> bool {
-    let ok = have("skopeo");
+    let ok = installed("skopeo");
     if !ok {
         println!("skipped {test}: skopeo is not installed (run scripts/setup.sh)");
     }
@@ -229,7 +222,7 @@ fn registry_over_plain_http() {
     if !skopeo_available("registry_over_plain_http") {
         return;
     }
-    if !have("docker-registry") {
+    if !installed("docker-registry") {
         println!("skipped registry_over_plain_http: docker-registry is not installed");
         return;
     }
