@@ -653,7 +653,7 @@ fn hostile_images() -> Vec<Hostile> {
                     .file("d/passwd", FILE, b"evil::0:0::/:/bin/sh\n")
                     .finish(),
             )],
-            message: "layer 0: cannot add /d/passwd: /d is not a directory",
+            message: "layer 0: cannot add /d/passwd: /d is a symlink, not a directory",
         },
         Hostile {
             name: "symlink-lower-layer",
@@ -667,7 +667,7 @@ fn hostile_images() -> Vec<Hostile> {
                 ),
                 plain(Layer::new().file("conf/passwd", FILE, b"evil").finish()),
             ],
-            message: "layer 1: cannot add /conf/passwd: /conf is not a directory",
+            message: "layer 1: cannot add /conf/passwd: /conf is a symlink, not a directory",
         },
         Hostile {
             name: "absurd-size",

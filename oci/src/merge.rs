@@ -77,8 +77,10 @@ pub enum MergeError {
         /// What it is.
         kind: &'static str,
     },
-    /// An entry below something that is not a directory.
-    #[error("layer {layer}: cannot add {path}: {parent} is not a directory")]
+    /// An entry below something that is not a directory. A symlink
+    /// there is the classic attempt to write outside the tree through
+    /// it, so the message says what the ancestor is.
+    #[error("layer {layer}: cannot add {path}: {parent} is a {kind}, not a directory")]
     ParentNotDirectory {
         /// Index of the layer.
         layer: usize,
@@ -86,6 +88,8 @@ pub enum MergeError {
         path: String,
         /// The ancestor that is not a directory.
         parent: String,
+        /// What the ancestor is.
+        kind: &'static str,
     },
     /// A hard link to a path that does not exist (yet).
     #[error("layer {layer}: hard link {path} points to {target}, which does not exist")]
@@ -196,13 +200,14 @@ struct Merger<H> {
 
 /// The directory at `path` (internal form), creating what is missing.
 /// Creations are recorded in `departures`.
-fn directory_mut<'a>(
-    root: &'a mut Directory,
+fn directory_mut<'a, H>(
+    fs: &'a mut FileSystem<H>,
     path: &[u8],
     layer: usize,
     entry: &[u8],
     departures: &mut Vec<Departure>,
 ) -> Result<&'a mut Directory, MergeError> {
+    let FileSystem { root, leaves } = fs;
     let mut dir = root;
     let mut at = 0;
     for component in path.split(|&b| b == b'/').skip(1) {
@@ -221,11 +226,14 @@ fn directory_mut<'a>(
         });
         dir = match inode {
             Inode::Directory(sub) => sub,
-            Inode::Leaf(_) => {
+            Inode::Leaf(id) => {
                 return Err(MergeError::ParentNotDirectory {
                     layer,
                     path: shown(entry),
                     parent: shown(&path[..at]),
+                    kind: leaves
+                        .get(id.0)
+                        .map_or("leaf", |leaf| leaf_kind(&leaf.content)),
                 })
             }
         };
@@ -326,13 +334,7 @@ impl<H: FsVerityDigest> Merger<H> {
         let (parent, name) = (&path[..split], &path[split + 1..]);
 
         if let Some(whiteout) = name.strip_prefix(WHITEOUT) {
-            let dir = directory_mut(
-                &mut self.fs.root,
-                parent,
-                layer,
-                &path,
-                &mut self.departures,
-            )?;
+            let dir = directory_mut(&mut self.fs, parent, layer, &path, &mut self.departures)?;
             if name == OPAQUE {
                 if prune(dir, parent, &self.touched) {
                     self.departures.push(Departure {
@@ -354,13 +356,7 @@ impl<H: FsVerityDigest> Merger<H> {
             TarItem::Leaf(content) => New::Leaf(self.fs.push_leaf(Leaf { stat, content })),
             TarItem::Hardlink(ref target) => New::Leaf(self.link_target(&path, target)?),
         };
-        let dir = directory_mut(
-            &mut self.fs.root,
-            parent,
-            layer,
-            &path,
-            &mut self.departures,
-        )?;
+        let dir = directory_mut(&mut self.fs, parent, layer, &path, &mut self.departures)?;
         match new {
             New::Leaf(id) => {
                 dir.entries.insert(name, Inode::Leaf(id));
@@ -567,7 +563,20 @@ mod tests {
         );
         assert_eq!(
             err(vec![vec![file("/f", "x"), file("/f/g", "x")]]),
-            "layer 0: cannot add /f/g: /f is not a directory"
+            "layer 0: cannot add /f/g: /f is a regular file, not a directory"
+        );
+        // A write through a symlink, to a directory of a lower layer.
+        let symlink = Ok(TarEntry {
+            path: b"/d".to_vec(),
+            stat: stat(0o777, 1),
+            item: TarItem::Leaf(LeafContent::Symlink(Box::from(&b"/etc"[..]))),
+        });
+        assert_eq!(
+            err(vec![
+                vec![dir("/etc"), symlink],
+                vec![file("/d/passwd", "x")]
+            ]),
+            "layer 1: cannot add /d/passwd: /d is a symlink, not a directory"
         );
         assert_eq!(
             err(vec![vec![], vec![link("/l", "/nowhere")]]),
