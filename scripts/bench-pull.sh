@@ -38,42 +38,8 @@ for layer in range(5):
         budget -= size
         i += 1
 PY
-    mkdir -p "$layout/blobs/sha256"
-    diff_ids=() layers=()
-    for n in 0 1 2 3 4; do
-        tar -C "$work/pull-trees/$n" --sort=name --owner=0 --group=0 --numeric-owner \
-            --mtime=@0 -cf "$work/layer.tar" .
-        diff_ids+=("sha256:$(sha256sum < "$work/layer.tar" | cut -d' ' -f1)")
-        gzip -1 -n -c "$work/layer.tar" > "$work/layer.tar.gz"
-        digest=$(sha256sum < "$work/layer.tar.gz" | cut -d' ' -f1)
-        mv "$work/layer.tar.gz" "$layout/blobs/sha256/$digest"
-        layers+=("sha256:$digest $(stat -c %s "$layout/blobs/sha256/$digest")")
-    done
-    rm -f "$work/layer.tar"
-    python3 - "$layout" "${diff_ids[@]}" -- "${layers[@]}" <<'PY'
-import hashlib, json, os, sys
-layout = sys.argv[1]
-split = sys.argv.index("--")
-diff_ids, layers = sys.argv[2:split], [l.split() for l in sys.argv[split + 1:]]
-def blob(data):
-    digest = hashlib.sha256(data).hexdigest()
-    with open(os.path.join(layout, "blobs/sha256", digest), "wb") as f:
-        f.write(data)
-    return {"digest": "sha256:" + digest, "size": len(data)}
-config = blob(json.dumps({"architecture": "amd64", "os": "linux",
-    "rootfs": {"type": "layers", "diff_ids": diff_ids}, "config": {}}).encode())
-manifest = blob(json.dumps({"schemaVersion": 2,
-    "mediaType": "application/vnd.oci.image.manifest.v1+json",
-    "config": dict(mediaType="application/vnd.oci.image.config.v1+json", **config),
-    "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                "digest": d, "size": int(s)} for d, s in layers]}).encode())
-manifest.update(mediaType="application/vnd.oci.image.manifest.v1+json",
-    annotations={"org.opencontainers.image.ref.name": "bench"})
-with open(os.path.join(layout, "index.json"), "w") as f:
-    json.dump({"schemaVersion": 2, "manifests": [manifest]}, f)
-with open(os.path.join(layout, "oci-layout"), "w") as f:
-    json.dump({"imageLayoutVersion": "1.0.0"}, f)
-PY
+    "$(dirname "$0")/oci-layout.py" "$layout" bench --gzip-level 1 \
+        "$work"/pull-trees/{0,1,2,3,4} > /dev/null
     rm -rf "$work/pull-trees"
     touch "$layout/.complete"
 fi

@@ -1,54 +1,84 @@
 #!/bin/bash
-# Demo of the image and repository commands on a small sample OS tree
-# built here.
+# The main job on a built-in sample: builds a small bootable sample OS
+# image (two versions) as an OCI layout here, installs the first to a
+# disk image file, then on a host directory installs it, upgrades to the
+# second version, rolls back, and prints the status after each step.
 # Usage: scripts/demo.sh PATH-TO-cfs-deploy
 set -euo pipefail
 bin=$(realpath "$1")
+here=$(dirname "$(realpath "$0")")
 work=$(mktemp -d "${TMPDIR:-/tmp}/cfs-demo.XXXXXX")
 trap 'rm -rf "$work"' EXIT
-root="$work/rootfs"
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
-step "Building a sample OS tree in $root"
-mkdir -p "$root"/{usr/bin,usr/lib/modules/6.12.0,etc,boot,sysroot,var,run/lock}
-printf '#!/bin/sh\necho hello from the sample OS\n' > "$root/usr/bin/hello"
-chmod 755 "$root/usr/bin/hello"
-head -c 100000 /dev/urandom > "$root/usr/lib/modules/6.12.0/vmlinuz"
-printf 'NAME="Sample OS"\nVERSION_ID=1\n' > "$root/usr/lib/os-release"
-ln -s ../usr/lib/os-release "$root/etc/os-release"
-ln "$root/usr/bin/hello" "$root/usr/bin/hello-again"
-echo "a kernel lives here" > "$root/boot/README"
-find "$root" | sed "s|$root||; s|^$|/|" | sort | head -20
+# A sample OS: a kernel and initramfs (this machine's kernel if it can be
+# read, else a stand-in: the demo does not boot), os-release, /etc, /var.
+sample() { # DIR VERSION
+    local root=$1 version=$2 kver=6.12.0
+    mkdir -p "$root"/{usr/bin,usr/lib/modules/$kver,usr/lib/bootc/kargs.d,etc,boot,sysroot,var/lib/sample}
+    local kernel
+    kernel=$(ls /boot/vmlinuz-* 2>/dev/null | tail -1 || true)
+    if [ -n "$kernel" ] && [ -r "$kernel" ]; then
+        cp "$kernel" "$root/usr/lib/modules/$kver/vmlinuz"
+    else
+        head -c 200000 /dev/urandom > "$root/usr/lib/modules/$kver/vmlinuz"
+    fi
+    echo "initramfs of the sample OS" > "$root/usr/lib/modules/$kver/initramfs.img"
+    printf 'ID=sample\nNAME="Sample OS"\nPRETTY_NAME="Sample OS %s"\nVERSION_ID=%s\n' \
+        "$version" "$version" > "$root/usr/lib/os-release"
+    ln -sf ../usr/lib/os-release "$root/etc/os-release"
+    echo 'kargs = ["console=ttyS0"]' > "$root/usr/lib/bootc/kargs.d/10-console.toml"
+    printf '#!/bin/sh\necho hello from sample OS %s\n' "$version" > "$root/usr/bin/hello"
+    chmod 755 "$root/usr/bin/hello"
+    echo sample > "$root/etc/hostname"
+    echo "setting=default-$version" > "$root/etc/sample.conf"
+    echo "state" > "$root/var/lib/sample/data"
+}
 
-step "Image id (same as 'cfsctl compute-id')"
-"$bin" image compute-id "$root"
+step "Building the sample OS, versions 1 and 2, as an OCI layout"
+layout="$work/layout"
+sample "$work/v1" 1
+sample "$work/v2" 2
+"$here/oci-layout.py" "$layout" v1 "$work/v1"
+"$here/oci-layout.py" "$layout" v2 "$work/v2"
+"$here/oci-layout.py" "$layout" latest "$work/v1" > /dev/null
 
-step "Bootable image id (/boot and /sysroot emptied, SELinux labels from the tree's policy)"
-"$bin" image compute-id --bootable "$root"
+step "Installing version 1 to a disk image (GPT: ESP + ext4 root, systemd-boot)"
+"$bin" --quiet install to-disk "$work/disk.img" --size 2G --insecure \
+    --source "oci:$layout:latest"
+sfdisk --dump "$work/disk.img" | sed -n '/^label:/p; /start=/p'
 
-step "Writing the image and reading it back as a dumpfile"
-"$bin" image mkfs "$root" "$work/sample.erofs"
-ls -l "$work/sample.erofs"
-"$bin" image dump "$work/sample.erofs" | cut -c1-120
+step "Installing version 1 on a host tree (physical root + ESP directories)"
+host=(--sysroot "$work/host/root" --esp "$work/host/esp")
+mkdir -p "$work/host/root" "$work/host/esp"
+"$bin" --quiet install to-filesystem "$work/host/root" --esp "$work/host/esp" \
+    --root-karg root=LABEL=root --insecure --source "oci:$layout:latest"
+"$bin" status "${host[@]}"
 
-repo="$work/repo"
-step "A repository (insecure: this kernel may lack fs-verity) and the image stored in it"
-"$bin" --repo "$repo" repo init --insecure
-"$bin" --repo "$repo" image create --name sample "$root"
-"$bin" --repo "$repo" repo ls
+step "An administrator edits /etc of the deployment"
+dep=$(ls "$work/host/root/state/deploy")
+echo "setting=mine" > "$work/host/root/state/deploy/$dep/etc/sample.conf"
 
-if [ "$(id -u)" = 0 ]; then
-    step "Mounting it as composefs does (erofs + overlay over the objects)"
-    mkdir "$work/mnt"
-    "$bin" --repo "$repo" image mount sample "$work/mnt"
-    "$work/mnt/usr/bin/hello"
-    ls -l "$work/mnt/usr/bin"
-    umount "$work/mnt"
-fi
+step "Version 2 is published; upgrade --check, then upgrade"
+"$here/oci-layout.py" "$layout" latest "$work/v2" > /dev/null
+"$bin" upgrade --check "${host[@]}"
+"$bin" --quiet upgrade "${host[@]}"
+"$bin" status "${host[@]}"
+new=$("$bin" --json status "${host[@]}" | python3 -c 'import json,sys; print(json.load(sys.stdin)["deployments"][0]["id"])')
+echo "/etc/sample.conf of the new deployment (the local edit is kept):"
+cat "$work/host/root/state/deploy/$new/etc/sample.conf"
 
-step "Checking the repository, then collecting what no ref keeps"
-"$bin" --repo "$repo" repo fsck
-"$bin" --repo "$repo" image rm sample
-"$bin" --repo "$repo" repo gc
-"$bin" --repo "$repo" repo fsck
+step "Boot entries on the ESP (version 2 is boot-counted: +3)"
+ls "$work/host/esp/loader/entries"
+
+step "Rolling back: version 1 is the next boot's default"
+"$bin" rollback "${host[@]}"
+"$bin" status "${host[@]}"
+
+step "Rolling back again undoes it"
+"$bin" rollback "${host[@]}"
+"$bin" status "${host[@]}"
+
+step "Garbage collection: nothing in use is removed"
+"$bin" gc "${host[@]}"

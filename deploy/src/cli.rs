@@ -57,6 +57,43 @@ pub enum Command {
     /// Work with the repository itself.
     #[command(subcommand)]
     Repo(RepoCommand),
+    /// Install a host: partitions, filesystems, boot loader, the image
+    /// and its first deployment.
+    #[command(subcommand)]
+    Install(InstallCommand),
+    /// Pull the newest version of the default deployment's image and
+    /// make it the next boot's default (boot-counted: three failed boots
+    /// fall back to the current one).
+    Upgrade {
+        /// Only say what would change (new digest, layers and bytes to
+        /// fetch); change nothing.
+        #[arg(long)]
+        check: bool,
+        #[command(flatten)]
+        host: HostArgs,
+    },
+    /// Deploy another image as the next boot's default.
+    Switch {
+        /// The image reference, with its transport.
+        source: String,
+        #[command(flatten)]
+        host: HostArgs,
+    },
+    /// Make the previous deployment the next boot's default (again: undo).
+    Rollback {
+        #[command(flatten)]
+        host: HostArgs,
+    },
+    /// Show the deployments: booted, default, rollback, boot counters.
+    Status {
+        #[command(flatten)]
+        host: HostArgs,
+    },
+    /// Remove what no deployment uses: kernels, state, images, objects.
+    Gc {
+        #[command(flatten)]
+        host: HostArgs,
+    },
     /// Mark the booted boot entry good (drop its boot counter), once the
     /// system reached boot-complete.target.
     Bless {
@@ -64,6 +101,67 @@ pub enum Command {
         /// holds loader/).
         #[arg(long)]
         esp: Option<PathBuf>,
+    },
+}
+
+/// Where the host is.
+#[derive(Debug, Clone, clap::Args)]
+pub struct HostArgs {
+    /// The physical root, holding composefs/ and state/.
+    #[arg(long, default_value = "/sysroot")]
+    pub sysroot: PathBuf,
+    /// The ESP (default: the first of /efi, /boot/efi, /boot that holds
+    /// loader/).
+    #[arg(long)]
+    pub esp: Option<PathBuf>,
+}
+
+/// What a new deployment boots with.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DeployArgs {
+    /// The image reference, with its transport.
+    #[arg(long)]
+    pub source: String,
+    /// Extra kernel arguments.
+    #[arg(long = "karg")]
+    pub kargs: Vec<String>,
+    /// A repository whose objects go without fs-verity (for filesystems
+    /// without it): `composefs=?ID`.
+    #[arg(long)]
+    pub insecure: bool,
+    /// Skip TLS verification and allow plain HTTP registries.
+    #[arg(long)]
+    pub insecure_registry: bool,
+}
+
+/// `install` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum InstallCommand {
+    /// Partition a disk (or disk image file), make an ESP and an ext4
+    /// root, and install onto them.
+    ToDisk {
+        /// The block device or image file (created if missing).
+        target: PathBuf,
+        /// Size of a new image file.
+        #[arg(long, default_value = "4G")]
+        size: String,
+        #[command(flatten)]
+        deploy: DeployArgs,
+    },
+    /// Install onto mounted filesystems: ROOT gets composefs/ and state/,
+    /// the ESP gets systemd-boot and the boot entry.
+    ToFilesystem {
+        /// The physical root.
+        root: PathBuf,
+        /// The ESP.
+        #[arg(long)]
+        esp: PathBuf,
+        /// How the kernel finds ROOT (`root=UUID=...`); default: the
+        /// filesystem UUID of ROOT.
+        #[arg(long)]
+        root_karg: Option<String>,
+        #[command(flatten)]
+        deploy: DeployArgs,
     },
 }
 

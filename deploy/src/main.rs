@@ -5,6 +5,7 @@
 
 mod cli;
 mod cmd;
+mod host;
 mod progress;
 
 use std::io::ErrorKind;

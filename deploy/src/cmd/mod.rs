@@ -1,6 +1,7 @@
 //! Runs parsed commands.
 
 mod bless;
+mod host;
 mod image;
 mod repo;
 
@@ -17,7 +18,10 @@ use crate::cli::{Args, Command, Hash, ImageCommand, RepoCommand};
 pub fn run(args: Args) -> Result<()> {
     let algorithm = match uses_existing_repo(&args.command) {
         true => {
-            let path = repo_path(&args);
+            let path = match host_args(&args.command) {
+                Some(host) => host.sysroot.join(crate::host::REPO_DIR),
+                None => repo_path(&args),
+            };
             cfs_images::meta::repository_algorithm(&path)
                 .with_context(|| format!("opening repository {}", path.display()))?
         }
@@ -36,7 +40,12 @@ fn uses_existing_repo(command: &Command) -> bool {
     match command {
         Command::Repo(RepoCommand::Init { .. }) => false,
         Command::Repo(_) => true,
-        Command::Bless { .. } => false,
+        Command::Bless { .. } | Command::Install(_) => false,
+        Command::Upgrade { .. }
+        | Command::Switch { .. }
+        | Command::Rollback { .. }
+        | Command::Status { .. }
+        | Command::Gc { .. } => true,
         Command::Image(command) => matches!(
             command,
             ImageCommand::Create { .. }
@@ -44,6 +53,18 @@ fn uses_existing_repo(command: &Command) -> bool {
                 | ImageCommand::Rm { .. }
                 | ImageCommand::Pull { .. }
         ),
+    }
+}
+
+/// Where a host command finds the host.
+fn host_args(command: &Command) -> Option<&crate::cli::HostArgs> {
+    match command {
+        Command::Upgrade { host, .. }
+        | Command::Switch { host, .. }
+        | Command::Rollback { host }
+        | Command::Status { host }
+        | Command::Gc { host } => Some(host),
+        _ => None,
     }
 }
 
@@ -71,6 +92,12 @@ fn dispatch<H: FsVerityDigest>(args: Args) -> Result<()> {
         Command::Image(command) => image::run::<H>(&args, command),
         Command::Repo(command) => repo::run::<H>(&args, command),
         Command::Bless { esp } => bless::run(esp.as_deref()),
+        Command::Install(command) => host::install::<H>(&args, command),
+        Command::Upgrade { check, host } => host::upgrade::<H>(&args, host, None, *check),
+        Command::Switch { source, host } => host::upgrade::<H>(&args, host, Some(source), false),
+        Command::Rollback { host } => host::rollback(&args, host),
+        Command::Status { host } => host::status(&args, host),
+        Command::Gc { host } => host::gc::<H>(&args, host),
     }
 }
 

@@ -1,0 +1,489 @@
+//! The host: a physical root holding the repository and per-deployment
+//! state, and an ESP holding the boot entries, laid out as bootc's
+//! composefs backend does (see `../shared/facts/bootc-composefs.md`):
+//!
+//! - `composefs/`: the repository;
+//! - `state/deploy/<ID>/`: a deployment's `etc/`, its `origin` and a
+//!   `var` symlink to the one shared `state/os/default/var`;
+//! - on the ESP, one boot entry per deployment naming
+//!   `composefs=<ID>`, where ID is the digest of its boot image.
+//!
+//! The boot entries are the truth about which deployments exist and in
+//! which order they boot. Every change is ordered so that an interruption
+//! leaves the previous default bootable: repository content and tag
+//! first, then the complete state directory (renamed into place), then
+//! the entry, written atomically; cleanup comes last.
+
+pub mod checkout;
+pub mod etc_merge;
+pub mod origin;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use cap_std::ambient_authority;
+use cap_std::fs::Dir;
+use cfs_boot::entries::{BlsEntry, EntryName};
+use cfs_boot::install::{install_type1, install_uki, NewEntry, ENTRIES_DIR, KERNELS_DIR, UKI_DIR};
+use cfs_boot::resources::{find_boot_resources, BootArtifact, BootResources};
+use cfs_boot::uki::{ComposefsArg, Uki};
+use cfs_erofs::digest::FsVerityDigest;
+use cfs_erofs::tree::FileSystem;
+use cfs_images::Repository;
+
+pub use origin::Origin;
+
+/// The repository, below the physical root.
+pub const REPO_DIR: &str = "composefs";
+/// Deployment state directories, below the physical root.
+pub const STATE_DIR: &str = "state/deploy";
+/// The `/var` all deployments share, below the physical root.
+pub const SHARED_VAR: &str = "state/os/default/var";
+/// Entry stems start with this, so other entries on the ESP are left
+/// alone.
+const STEM_PREFIX: &str = "cfs-";
+
+/// A physical root and its ESP.
+#[derive(Debug, Clone)]
+pub struct Host {
+    /// The physical root (`/sysroot` when booted).
+    pub root: PathBuf,
+    /// The ESP.
+    pub esp: PathBuf,
+}
+
+/// A deployment as its boot entry and state describe it.
+#[derive(Debug, Clone)]
+pub struct Deployment {
+    /// The boot image digest, hex: the deployment's identity.
+    pub id: String,
+    /// The entry's file below the ESP.
+    pub entry_path: String,
+    /// Its name, with the boot counter.
+    pub entry: EntryName,
+    /// Type 1 fields (the title and version for a UKI come from it).
+    pub bls: BlsEntry,
+    /// Ordering: higher boots first.
+    pub generation: u64,
+    /// What was deployed, if the state directory has it.
+    pub origin: Option<Origin>,
+}
+
+impl Deployment {
+    /// Whether systemd-boot gave up on it (no tries left).
+    pub fn is_bad(&self) -> bool {
+        self.entry.is_bad()
+    }
+}
+
+/// The sort key that puts higher generations first (systemd-boot sorts
+/// sort keys ascending).
+fn sort_key(generation: u64) -> String {
+    format!(
+        "cfs-deploy-{:012}",
+        999_999_999_999u64.saturating_sub(generation)
+    )
+}
+
+fn generation_of(sort_key: &str) -> Option<u64> {
+    let rank: u64 = sort_key.strip_prefix("cfs-deploy-")?.parse().ok()?;
+    Some(999_999_999_999 - rank)
+}
+
+/// The stem of a deployment's entry.
+pub fn entry_stem(id: &str) -> String {
+    format!("{STEM_PREFIX}{}", &id[..id.len().min(32)])
+}
+
+impl Host {
+    /// The repository.
+    pub fn repo<H: FsVerityDigest>(&self) -> Result<Repository<H>> {
+        let path = self.root.join(REPO_DIR);
+        Repository::open(&path).with_context(|| format!("opening repository {}", path.display()))
+    }
+
+    fn esp_dir(&self) -> Result<Dir> {
+        Dir::open_ambient_dir(&self.esp, ambient_authority())
+            .with_context(|| format!("opening the ESP {}", self.esp.display()))
+    }
+
+    /// A deployment's state directory.
+    pub fn state_dir(&self, id: &str) -> PathBuf {
+        self.root.join(STATE_DIR).join(id)
+    }
+
+    /// Our deployments, in boot order: systemd-boot's (bad entries last,
+    /// then the newest generation first).
+    pub fn deployments(&self) -> Result<Vec<Deployment>> {
+        let mut found = Vec::new();
+        for (dir, extension) in [(ENTRIES_DIR, "conf"), (UKI_DIR, "efi")] {
+            let path = self.esp.join(dir);
+            let entries = match std::fs::read_dir(&path) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+            };
+            for entry in entries {
+                let entry = entry?;
+                let file = entry.file_name().to_string_lossy().into_owned();
+                let Some(name) = EntryName::parse(&file) else {
+                    continue;
+                };
+                if !name.stem.starts_with(STEM_PREFIX) || name.extension != extension {
+                    continue;
+                }
+                let (bls, arg) = if extension == "conf" {
+                    let text = std::fs::read_to_string(entry.path())?;
+                    let bls = BlsEntry::parse(&text);
+                    let arg = ComposefsArg::find(&bls.options);
+                    (bls, arg)
+                } else {
+                    let uki = Uki::inspect(&std::fs::read(entry.path())?)
+                        .with_context(|| format!("reading {}", entry.path().display()))?;
+                    let bls = BlsEntry {
+                        title: uki.os_release.title().unwrap_or_default().to_owned(),
+                        version: uki.os_release.best_version().unwrap_or_default().to_owned(),
+                        options: uki.cmdline.clone().unwrap_or_default(),
+                        ..BlsEntry::default()
+                    };
+                    (bls, uki.composefs())
+                };
+                let Some(arg) = arg else {
+                    continue;
+                };
+                let origin = Origin::read(&self.state_dir(&arg.digest)).ok();
+                let generation = generation_of(&bls.sort_key)
+                    .or(origin.as_ref().map(|o| o.generation))
+                    .unwrap_or(0);
+                found.push(Deployment {
+                    id: arg.digest,
+                    entry_path: format!("{dir}/{file}"),
+                    entry: name,
+                    bls,
+                    generation,
+                    origin,
+                });
+            }
+        }
+        found.sort_by(|a, b| {
+            a.is_bad()
+                .cmp(&b.is_bad())
+                .then(b.generation.cmp(&a.generation))
+        });
+        Ok(found)
+    }
+
+    /// The deployment running now: `composefs=` of the kernel command
+    /// line, when it names one of ours.
+    pub fn booted(&self) -> Option<String> {
+        let cmdline = std::fs::read_to_string("/proc/cmdline").ok()?;
+        ComposefsArg::find(&cmdline).map(|arg| arg.digest)
+    }
+}
+
+/// How to make a deployment's boot entry.
+#[derive(Debug, Clone)]
+pub struct EntryOptions {
+    /// Arguments before `composefs=` (the root device, `rw`, ...).
+    pub kargs: Vec<String>,
+    /// `composefs=?ID`: the repository does not require fs-verity.
+    pub insecure: bool,
+    /// Boot-counting tries; `None` for an entry that is known good.
+    pub tries: Option<u32>,
+}
+
+/// What [`deploy`] did.
+#[derive(Debug)]
+pub struct Deployed {
+    /// The new deployment's id.
+    pub id: String,
+    /// Whether it existed already (nothing was changed).
+    pub existing: bool,
+    /// Which kernel or UKI version was chosen, and the others found.
+    pub kernel: String,
+    /// Other versions found.
+    pub other_kernels: Vec<String>,
+}
+
+/// The image's tree, from the repository.
+pub fn image_tree<H: FsVerityDigest>(repo: &Repository<H>, image: &H) -> Result<FileSystem<H>> {
+    let bytes = repo
+        .read_object(image)
+        .with_context(|| format!("reading image {}", image.to_hex()))?;
+    let parsed = cfs_erofs::reader::read_image::<H>(&bytes)
+        .with_context(|| format!("parsing image {}", image.to_hex()))?;
+    Ok(parsed.fs)
+}
+
+/// The repository's objects, for reading files of a tree.
+pub struct RepoContent<'a, H>(pub &'a Repository<H>);
+
+impl<H: FsVerityDigest> cfs_boot::ContentSource<H> for RepoContent<'_, H> {
+    fn read_external(&self, _path: &Path, digest: &H, _size: u64) -> std::io::Result<Vec<u8>> {
+        self.0.read_object(digest).map_err(std::io::Error::other)
+    }
+}
+
+impl<H> std::fmt::Debug for RepoContent<'_, H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RepoContent")
+    }
+}
+
+/// Deploys the image tagged `tag` (pulled from `source`): state, kernel
+/// and entry, as the newest generation. `merge_from` names the deployment
+/// whose `/etc` changes carry over (none at install).
+pub fn deploy<H: FsVerityDigest>(
+    host: &Host,
+    repo: &Repository<H>,
+    origin: Origin,
+    entry: &EntryOptions,
+    merge_from: Option<&Deployment>,
+) -> Result<Deployed> {
+    let id = origin.boot_image.clone();
+    let existing = host.deployments()?;
+    let plain = H::from_hex(&origin.image)?;
+    let boot = H::from_hex(&id)?;
+    let tree = image_tree(repo, &plain)?;
+    let resources: BootResources<H> =
+        find_boot_resources(&tree, &RepoContent(repo), std::env::consts::ARCH)
+            .context("finding what boots in the image")?;
+    let kernel = resources.chosen.version.clone();
+    let other_kernels = resources.others.clone();
+    if existing.iter().any(|d| d.id == id) {
+        return Ok(Deployed {
+            id,
+            existing: true,
+            kernel,
+            other_kernels,
+        });
+    }
+    let generation = existing.iter().map(|d| d.generation).max().unwrap_or(0) + 1;
+    let origin = Origin {
+        generation,
+        ..origin
+    };
+
+    // The deployment's tag keeps its image alive through GC.
+    repo.name_stream(
+        &format!("oci-manifest-{}", origin.manifest_digest),
+        &cfs_oci::pull::tag_ref(&deployment_tag(&id)),
+    )?;
+
+    // State, complete before it gets its name.
+    let state = host.state_dir(&id);
+    let staging = host.root.join(STATE_DIR).join(format!(".tmp-{id}"));
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging)?;
+    }
+    std::fs::create_dir_all(staging.join("etc"))?;
+    let boot_tree = image_tree(repo, &boot)?;
+    if let Some(etc) = boot_tree.root.subdir(b"etc") {
+        let target = Dir::open_ambient_dir(staging.join("etc"), ambient_authority())?;
+        checkout::checkout(repo, &boot_tree, etc, &target).context("writing /etc")?;
+    }
+    if let Some(old) = merge_from {
+        let old_origin = old
+            .origin
+            .as_ref()
+            .context("the current deployment has no origin")?;
+        let old_tree = image_tree(repo, &H::from_hex(&old_origin.boot_image)?)?;
+        if let Some(pristine) = old_tree.root.subdir(b"etc") {
+            let current = host.state_dir(&old.id).join("etc");
+            let changes = etc_merge::local_changes(&old_tree, pristine, &current)?;
+            etc_merge::apply(&changes, &current, &staging.join("etc"))?;
+        }
+    }
+    std::os::unix::fs::symlink("../../os/default/var", staging.join("var"))?;
+    let shared_var = host.root.join(SHARED_VAR);
+    if !shared_var.exists() {
+        // The image's /var seeds the shared one, once, at install.
+        let var_staging = host.root.join("state/os/default/.tmp-var");
+        if var_staging.exists() {
+            std::fs::remove_dir_all(&var_staging)?;
+        }
+        std::fs::create_dir_all(&var_staging)?;
+        if let Some(var) = boot_tree.root.subdir(b"var") {
+            let target = Dir::open_ambient_dir(&var_staging, ambient_authority())?;
+            checkout::checkout(repo, &boot_tree, var, &target).context("writing /var")?;
+        }
+        std::fs::rename(&var_staging, &shared_var)?;
+    }
+    origin.write(&staging)?;
+    sync_tree(&staging)?;
+    if state.exists() {
+        // A leftover of an interrupted deploy of the same image: no entry
+        // names it (checked above).
+        std::fs::remove_dir_all(&state)?;
+    }
+    std::fs::rename(&staging, &state)?;
+    sync_path(&host.root.join(STATE_DIR))?;
+
+    // The entry last: from here on the deployment boots.
+    let esp = host.esp_dir()?;
+    let mut options = entry.kargs.clone();
+    options.push(
+        ComposefsArg {
+            digest: id.clone(),
+            insecure: entry.insecure,
+        }
+        .to_string(),
+    );
+    options.extend(resources.kargs.iter().cloned());
+    let title = resources
+        .os_release
+        .title()
+        .unwrap_or("composefs deployment")
+        .to_owned();
+    let version = resources
+        .os_release
+        .best_version()
+        .map_or_else(|| kernel.clone(), str::to_owned);
+    match &resources.chosen.artifact {
+        BootArtifact::Kernel { vmlinuz, initramfs } => {
+            let content = RepoContent(repo);
+            let new = NewEntry {
+                stem: entry_stem(&id),
+                title,
+                version,
+                sort_key: sort_key(generation),
+                options: options.join(" "),
+                tries: entry.tries,
+            };
+            install_type1(
+                &esp,
+                &new,
+                &vmlinuz.read(&content)?,
+                &initramfs.read(&content)?,
+            )?;
+        }
+        BootArtifact::Uki { file, uki } => {
+            let bytes = file.read(&RepoContent(repo))?;
+            install_uki(&esp, &entry_stem(&id), entry.tries, &bytes, uki, &id)?;
+        }
+    }
+    Ok(Deployed {
+        id,
+        existing: false,
+        kernel,
+        other_kernels,
+    })
+}
+
+/// The tag that keeps a deployment's image alive.
+pub fn deployment_tag(id: &str) -> String {
+    format!("cfs-deploy/{id}")
+}
+
+fn sync_path(path: &Path) -> Result<()> {
+    std::fs::File::open(path)?.sync_all()?;
+    Ok(())
+}
+
+/// `fsync` of every file and directory below `path`.
+fn sync_tree(path: &Path) -> Result<()> {
+    let meta = std::fs::symlink_metadata(path)?;
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(path)? {
+            sync_tree(&entry?.path())?;
+        }
+        sync_path(path)
+    } else if meta.is_file() {
+        sync_path(path)
+    } else {
+        Ok(())
+    }
+}
+
+/// Makes `target` the default for the next boot by giving it the newest
+/// generation (one atomic write of its entry). Type 1 entries only: a
+/// UKI's order comes from its own sections.
+pub fn make_default(host: &Host, target: &Deployment) -> Result<()> {
+    if target.entry.extension != "conf" {
+        bail!(
+            "{} is a UKI: its place in the menu comes from its own .osrel",
+            target.entry_path
+        );
+    }
+    let generation = host
+        .deployments()?
+        .iter()
+        .map(|d| d.generation)
+        .max()
+        .unwrap_or(0)
+        + 1;
+    let bls = BlsEntry {
+        sort_key: sort_key(generation),
+        ..target.bls.clone()
+    };
+    let (dir, file) = target
+        .entry_path
+        .rsplit_once('/')
+        .context("entry path without a directory")?;
+    let dir = host.esp_dir()?.open_dir(dir)?;
+    let tmp = format!(".{file}.tmp");
+    {
+        use std::io::Write;
+        let mut out = dir.create(&tmp)?;
+        out.write_all(bls.to_text().as_bytes())?;
+        out.sync_all()?;
+    }
+    dir.rename(&tmp, &dir, file)?;
+    sync_path(
+        &host
+            .esp
+            .join(target.entry_path.rsplit_once('/').map_or("", |p| p.0)),
+    )?;
+    Ok(())
+}
+
+/// Removes the entries (and then the state) of deployments beyond the
+/// first `keep` in boot order, never the booted one; then kernels no
+/// entry names, state no entry names, and deployment tags no entry names.
+/// Returns the ids removed.
+pub fn prune<H: FsVerityDigest>(
+    host: &Host,
+    repo: &Repository<H>,
+    keep: usize,
+) -> Result<Vec<String>> {
+    let booted = host.booted();
+    let mut removed = Vec::new();
+    for (index, deployment) in host.deployments()?.into_iter().enumerate() {
+        if index < keep || booted.as_deref() == Some(&deployment.id) {
+            continue;
+        }
+        std::fs::remove_file(host.esp.join(&deployment.entry_path))?;
+        removed.push(deployment.id);
+    }
+    let live = host.deployments()?;
+    // Kernels no entry names.
+    let kernels = host.esp.join(KERNELS_DIR);
+    if let Ok(dirs) = std::fs::read_dir(&kernels) {
+        for dir in dirs {
+            let name = dir?.file_name().to_string_lossy().into_owned();
+            let needle = format!("/{KERNELS_DIR}/{name}/");
+            if !live.iter().any(|d| d.bls.linux.starts_with(&needle)) {
+                std::fs::remove_dir_all(kernels.join(&name))?;
+            }
+        }
+    }
+    // State directories no entry names (and leftovers of interruptions).
+    if let Ok(dirs) = std::fs::read_dir(host.root.join(STATE_DIR)) {
+        for dir in dirs {
+            let name = dir?.file_name().to_string_lossy().into_owned();
+            if !live.iter().any(|d| d.id == name) {
+                std::fs::remove_dir_all(host.root.join(STATE_DIR).join(&name))?;
+            }
+        }
+    }
+    // Deployment tags no entry names.
+    for (name, _) in repo.list_refs("streams")? {
+        let Some(tag) = name.strip_prefix("oci/cfs-deploy%2F") else {
+            continue;
+        };
+        if !live.iter().any(|d| d.id == tag) {
+            repo.remove_stream_ref(&name)?;
+        }
+    }
+    Ok(removed)
+}
