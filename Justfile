@@ -9,8 +9,9 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 default:
     @just --list
 
-# The main job on a built-in sample: builds a sample OS tree, makes its
-# images and shows what is inside them.
+# The main job on a built-in sample: builds a sample OS (two versions),
+# installs it to a disk image and to a host tree, upgrades, rolls back and
+# prints the status after each step.
 [group('main')]
 demo:
     cargo build --release -p cfs-deploy
