@@ -355,7 +355,11 @@ fn upgrade_killed_anywhere_leaves_the_previous_deployment() {
             )));
         }
         let delay = full.mul_f64(rng.random_range(0.0..1.0));
-        let mut child = fx.ours(&["--quiet", "upgrade"]).spawn().unwrap();
+        let mut child = fx
+            .ours(&["--quiet", "upgrade"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
         std::thread::sleep(delay);
         let killed = child.try_wait().unwrap().is_none();
         let _ = child.kill();
@@ -455,4 +459,58 @@ fn install_to_disk_writes_a_bootable_layout() {
     ok(Command::new("losetup").args(["-d", &loopdev]));
     assert!(mounted.status.success(), "mounting the root partition");
     result.unwrap();
+}
+
+#[test]
+fn an_image_without_a_kernel_pulls_but_does_not_install() {
+    if !is_root() {
+        println!("SKIPPED an_image_without_a_kernel_pulls_but_does_not_install: needs root");
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let layout = work.path().join("layout");
+    let tar = tar_archive(&[
+        ("boot/", b""),
+        ("sysroot/", b""),
+        ("usr/", b""),
+        ("usr/lib/", b""),
+        ("usr/lib/os-release", b"ID=nokernel\n"),
+    ]);
+    let layers = vec![LayerSpec {
+        tar,
+        blob: LayerBlob::Gzip,
+    }];
+    write_layout(&layout, "v1", &[ImageSpec::linux("amd64", layers)]).unwrap();
+    let source = format!("oci:{}:v1", layout.display());
+    // Pulling is fine: a container image need not boot.
+    let repo = work.path().join("repo");
+    ok(common::ours(&repo).args(["repo", "init", "--insecure"]));
+    ok(common::ours(&repo).args(["--quiet", "image", "pull", &source]));
+    // Installing says why not, and leaves no entry.
+    let (root, esp) = (work.path().join("root"), work.path().join("esp"));
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::create_dir_all(&esp).unwrap();
+    let refused = output(
+        Command::new(OURS)
+            .args(["--quiet", "install", "to-filesystem"])
+            .arg(&root)
+            .arg("--esp")
+            .arg(&esp)
+            .args([
+                "--root-karg",
+                "root=LABEL=x",
+                "--insecure",
+                "--source",
+                &source,
+            ]),
+    );
+    assert!(!refused.status.success());
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(message.contains("the image has no kernel"), "{message}");
+    assert_eq!(
+        std::fs::read_dir(&esp).unwrap().count(),
+        0,
+        "the ESP is untouched"
+    );
+    assert!(!root.join("state/deploy").exists(), "no deployment state");
 }

@@ -121,7 +121,6 @@ fn to_filesystem<H: FsVerityDigest>(
     let repo = Repository::<H>::init(&repo_path, &options)
         .with_context(|| format!("creating repository {}", repo_path.display()))?;
     let origin = pull(args, &repo, &deploy.source, deploy.insecure_registry)?;
-    install_boot_loader(&repo, &origin, esp)?;
     let mut kargs = vec![root_karg.to_owned(), "rw".to_owned()];
     kargs.extend(deploy.kargs.iter().cloned());
     let entry = EntryOptions {
@@ -130,7 +129,10 @@ fn to_filesystem<H: FsVerityDigest>(
         // Nothing to fall back to yet.
         tries: None,
     };
-    let deployed = host::deploy(&host, &repo, origin, &entry, None)?;
+    // The boot loader after the deployment, which refuses an image with
+    // nothing to boot before touching the ESP.
+    let deployed = host::deploy(&host, &repo, origin.clone(), &entry, None)?;
+    install_boot_loader(&repo, &origin, esp)?;
     report(args, "installed", &deployed)
 }
 
