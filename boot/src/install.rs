@@ -25,6 +25,11 @@ pub const KERNELS_DIR: &str = "cfs-deploy";
 pub const ENTRIES_DIR: &str = "loader/entries";
 /// Where Type 2 entries (UKIs) live on the ESP.
 pub const UKI_DIR: &str = "EFI/Linux";
+/// Where a staged Type 1 entry waits for [`promote`]: systemd-boot does
+/// not read it.
+pub const STAGED_ENTRIES_DIR: &str = "loader/entries.staged";
+/// Where a staged UKI waits for [`promote`].
+pub const STAGED_UKI_DIR: &str = "EFI/cfs-deploy.staged";
 
 /// What can stop an installation.
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +118,8 @@ pub struct NewEntry {
     pub options: String,
     /// Boot-counting tries, `None` for an uncounted entry.
     pub tries: Option<u32>,
+    /// Written where the boot loader does not look, for [`promote`].
+    pub staged: bool,
 }
 
 /// What was installed.
@@ -176,8 +183,13 @@ pub fn install_type1(
         options: entry.options.clone(),
     };
     let file = EntryName::new(&entry.stem, entry.tries, "conf").to_string();
-    let entries = open_or_create(esp, ENTRIES_DIR)?;
-    let path = format!("{ENTRIES_DIR}/{file}");
+    let dir = if entry.staged {
+        STAGED_ENTRIES_DIR
+    } else {
+        ENTRIES_DIR
+    };
+    let entries = open_or_create(esp, dir)?;
+    let path = format!("{dir}/{file}");
     write_atomic(&entries, &file, bls.to_text().as_bytes()).map_err(io_error("writing", &path))?;
     Ok(Installed {
         entry: path,
@@ -192,6 +204,7 @@ pub fn install_uki(
     esp: &Dir,
     stem: &str,
     tries: Option<u32>,
+    staged: bool,
     bytes: &[u8],
     uki: &Uki,
     boot_image: &str,
@@ -204,14 +217,36 @@ pub fn install_uki(
         });
     }
     let file = EntryName::new(stem, tries, "efi").to_string();
-    let dir = open_or_create(esp, UKI_DIR)?;
-    let path = format!("{UKI_DIR}/{file}");
+    let dir_name = if staged { STAGED_UKI_DIR } else { UKI_DIR };
+    let dir = open_or_create(esp, dir_name)?;
+    let path = format!("{dir_name}/{file}");
     write_atomic(&dir, &file, bytes).map_err(io_error("writing", &path))?;
     Ok(Installed {
         entry: path,
         kernel_dir: None,
         kernel_shared: false,
     })
+}
+
+/// Moves a staged entry (at `path` below the ESP) to where the boot
+/// loader reads it; returns its new path. One rename: the entry is either
+/// staged or live.
+pub fn promote(esp: &Dir, path: &str) -> Result<String, InstallError> {
+    let (dir, file) = path
+        .rsplit_once('/')
+        .ok_or_else(|| InstallError::NotAnEntry(path.to_owned()))?;
+    let live = match dir {
+        STAGED_ENTRIES_DIR => ENTRIES_DIR,
+        STAGED_UKI_DIR => UKI_DIR,
+        _ => return Err(InstallError::NotAnEntry(path.to_owned())),
+    };
+    let from = esp.open_dir(dir).map_err(io_error("opening", dir))?;
+    let to = open_or_create(esp, live)?;
+    from.rename(file, &to, file)
+        .and_then(|()| sync_dir(&to))
+        .and_then(|()| sync_dir(&from))
+        .map_err(io_error("moving", path))?;
+    Ok(format!("{live}/{file}"))
 }
 
 /// Marks the entry at `path` (below the ESP, `/` or `\` separated, as

@@ -69,6 +69,10 @@ pub enum Command {
         /// fetch); change nothing.
         #[arg(long)]
         check: bool,
+        /// Deployments to keep, newest first (pinned ones and the booted
+        /// one are kept besides).
+        #[arg(long, default_value_t = 3)]
+        keep: usize,
         #[command(flatten)]
         host: HostArgs,
     },
@@ -76,6 +80,26 @@ pub enum Command {
     Switch {
         /// The image reference, with its transport.
         source: String,
+        /// Deployments to keep, newest first (pinned ones and the booted
+        /// one are kept besides).
+        #[arg(long, default_value_t = 3)]
+        keep: usize,
+        #[command(flatten)]
+        host: HostArgs,
+    },
+    /// Make the staged deployment the default: merge /etc again, move its
+    /// entry live. Runs at shutdown (cfs-deploy-finalize.service).
+    Finalize {
+        #[command(flatten)]
+        host: HostArgs,
+    },
+    /// Keep a deployment whatever its age (or, with --unpin, no longer).
+    Pin {
+        /// The deployment's id (or a unique prefix).
+        id: String,
+        /// Remove the pin.
+        #[arg(long)]
+        unpin: bool,
         #[command(flatten)]
         host: HostArgs,
     },
@@ -114,6 +138,9 @@ pub struct HostArgs {
     /// loader/).
     #[arg(long)]
     pub esp: Option<PathBuf>,
+    /// The kernel command line that names the booted deployment.
+    #[arg(long, default_value = "/proc/cmdline", hide = true)]
+    pub cmdline: PathBuf,
 }
 
 /// What a new deployment boots with.

@@ -262,9 +262,9 @@ fn install_upgrade_rollback_switch_gc() {
     let again = ok(&mut fx.ours(&["--quiet", "upgrade"]));
     assert!(again.starts_with("already deployed"), "{again}");
 
-    // Switch to another image (another kernel): two deployments kept.
+    // Switch to another image (another kernel), keeping two deployments.
     let v3_source = format!("oci:{}:latest", fx.work.path().join("layout-3").display());
-    ok(&mut fx.ours(&["--quiet", "switch", &v3_source]));
+    ok(&mut fx.ours(&["--quiet", "switch", &v3_source, "--keep", "2"]));
     assert_eq!(fx.order(), [("3".into(), Some(3)), ("2".into(), Some(3))]);
     assert!(
         !fx.root.join("state/deploy").join(&v1).exists(),
@@ -513,4 +513,115 @@ fn an_image_without_a_kernel_pulls_but_does_not_install() {
         "the ESP is untouched"
     );
     assert!(!root.join("state/deploy").exists(), "no deployment state");
+}
+
+#[test]
+fn a_running_host_stages_and_finalizes_and_keeps_pinned_deployments() {
+    let Some(fx) = Fixture::new("a_running_host_stages_and_finalizes_and_keeps_pinned_deployments")
+    else {
+        return;
+    };
+    fx.install();
+    let v1 = fx.status()["deployments"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The host runs v1: its command line says so.
+    let cmdline = fx.work.path().join("cmdline");
+    std::fs::write(&cmdline, format!("root=LABEL=sample rw composefs=?{v1}\n")).unwrap();
+    let running = |args: &[&str]| {
+        let mut cmd = fx.ours(args);
+        cmd.arg("--cmdline").arg(&cmdline);
+        cmd
+    };
+    let roles = || -> Vec<(String, Vec<String>)> {
+        let status: serde_json::Value =
+            serde_json::from_str(&ok(&mut running(&["--json", "status"]))).unwrap();
+        assert_eq!(status["booted"], v1.as_str());
+        status["deployments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| {
+                let roles = d["roles"].as_array().unwrap();
+                (
+                    d["version"].as_str().unwrap().to_owned(),
+                    roles
+                        .iter()
+                        .map(|r| r.as_str().unwrap().to_owned())
+                        .collect(),
+                )
+            })
+            .collect()
+    };
+    let etc = fx.etc(&v1);
+
+    fx.publish("2");
+    ok(&mut running(&["--quiet", "upgrade"]));
+    assert_eq!(
+        roles(),
+        [
+            ("1".into(), vec!["booted".to_owned(), "default".into()]),
+            ("2".into(), vec!["staged".to_owned()]),
+        ]
+    );
+    if have_bootctl() {
+        assert_eq!(
+            fx.bootctl(),
+            ["Sample OS 1"],
+            "a staged entry is not in the menu"
+        );
+    }
+    // Changed after the upgrade ran, before shutdown: still merged.
+    std::fs::write(etc.join("sample.conf"), "setting=late\n").unwrap();
+    ok(&mut running(&["finalize"]));
+    let v2 = fx.status()["deployments"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        roles(),
+        [
+            ("2".into(), vec!["default".to_owned()]),
+            ("1".into(), vec!["booted".to_owned(), "rollback".into()]),
+        ]
+    );
+    assert_eq!(
+        std::fs::read_to_string(fx.etc(&v2).join("sample.conf")).unwrap(),
+        "setting=late\n"
+    );
+    if have_bootctl() {
+        assert_eq!(fx.bootctl(), ["Sample OS 2", "Sample OS 1"]);
+    }
+    let nothing = ok(&mut running(&["finalize"]));
+    assert_eq!(nothing.trim(), "nothing staged");
+
+    // A rollback drops a staged deployment.
+    let v3_source = format!("oci:{}:latest", fx.work.path().join("layout-3").display());
+    ok(&mut running(&["--quiet", "switch", &v3_source]));
+    assert!(roles().iter().any(|(v, r)| v == "3" && r == &["staged"]));
+    ok(&mut running(&["rollback"]));
+    assert_eq!(
+        roles(),
+        [
+            ("1".into(), vec!["booted".to_owned(), "default".into()]),
+            ("2".into(), vec!["rollback".to_owned()]),
+        ]
+    );
+
+    // gc keeps default, rollback, booted and pinned; pin and unpin by
+    // a prefix of the id.
+    ok(&mut running(&["pin", &v2[..12]]));
+    ok(&mut running(&["--quiet", "switch", &v3_source]));
+    ok(&mut running(&["finalize"]));
+    ok(&mut running(&["gc"]));
+    let now = roles();
+    assert_eq!(now.len(), 3, "{now:?}");
+    assert!(now
+        .iter()
+        .any(|(v, r)| v == "2" && r.contains(&"pinned".to_owned())));
+    ok(&mut running(&["pin", "--unpin", &v2[..12]]));
+    let gc: serde_json::Value = serde_json::from_str(&ok(&mut running(&["--json", "gc"]))).unwrap();
+    assert_eq!(gc["deploymentsRemoved"], serde_json::json!([v2]), "{gc}");
+    assert_clean(&fx.root.join("composefs"), "after gc");
 }

@@ -144,6 +144,7 @@ fn install(
         sort_key: format!("cfs-{rank}"),
         options: options.join(" "),
         tries,
+        staged: false,
     };
     install_type1(
         &esp.dir(),
@@ -315,7 +316,8 @@ fn ukis_are_checked_against_the_boot_image_and_listed() {
 
     // Sealed for another image: refused, both digests shown.
     let other = "cd".repeat(64);
-    let refused = install_uki(&esp.dir(), "cfs-u", Some(3), &uki, parsed, &other).unwrap_err();
+    let refused =
+        install_uki(&esp.dir(), "cfs-u", Some(3), false, &uki, parsed, &other).unwrap_err();
     assert!(matches!(refused, InstallError::SealedMismatch { .. }));
     let message = refused.to_string();
     assert!(
@@ -324,7 +326,7 @@ fn ukis_are_checked_against_the_boot_image_and_listed() {
     );
     assert!(!esp.path().join("EFI/Linux").exists(), "nothing written");
 
-    install_uki(&esp.dir(), "cfs-u", Some(3), &uki, parsed, &digest).unwrap();
+    install_uki(&esp.dir(), "cfs-u", Some(3), false, &uki, parsed, &digest).unwrap();
     let listed = esp.list();
     assert_eq!(listed.len(), 1, "{listed:#?}");
     assert_eq!(listed[0].title, "Test OS 5");

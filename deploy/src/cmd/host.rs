@@ -13,10 +13,6 @@ use crate::cli::{Args, DeployArgs, HostArgs, InstallCommand};
 use crate::host::{self, origin::now_rfc3339, Deployment, EntryOptions, Host, Origin};
 use crate::progress::PullDisplay;
 
-/// How many deployments upgrade and switch keep: the new default and the
-/// one to fall back to.
-const KEEP: usize = 2;
-
 /// GPT type of an EFI system partition.
 const ESP_TYPE: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
 /// GPT type of an x86-64 root partition (Discoverable Partitions).
@@ -36,6 +32,7 @@ fn host_of(args: &HostArgs) -> Result<Host> {
     Ok(Host {
         root: args.sysroot.clone(),
         esp,
+        cmdline: args.cmdline.clone(),
     })
 }
 
@@ -112,6 +109,8 @@ fn to_filesystem<H: FsVerityDigest>(
     let host = Host {
         root: root.to_owned(),
         esp: esp.to_owned(),
+        // Nothing on the new root is booted.
+        cmdline: PathBuf::new(),
     };
     let repo_path = root.join(host::REPO_DIR);
     let options = cfs_images::InitOptions {
@@ -128,6 +127,7 @@ fn to_filesystem<H: FsVerityDigest>(
         insecure: deploy.insecure,
         // Nothing to fall back to yet.
         tries: None,
+        staged: false,
     };
     // The boot loader after the deployment, which refuses an image with
     // nothing to boot before touching the ESP.
@@ -382,6 +382,7 @@ pub fn upgrade<H: FsVerityDigest>(
     host_args: &HostArgs,
     source: Option<&str>,
     check: bool,
+    keep: usize,
 ) -> Result<()> {
     let host = host_of(host_args)?;
     let repo = host.repo::<H>()?;
@@ -395,17 +396,79 @@ pub fn upgrade<H: FsVerityDigest>(
         return check_update(args, &repo, &origin, &source);
     }
     let new = pull(args, &repo, &source, false)?;
+    // On a running host the new deployment is staged, and finalized at
+    // shutdown so that /etc changes made meanwhile are merged too; on a
+    // host that is not running (an image being prepared), at once.
+    let running = host.booted().is_some_and(|id| id == current.id);
     let entry = EntryOptions {
         kargs: carried_kargs(&repo, &current)?,
         insecure: repo.is_insecure(),
         tries: Some(3),
+        staged: running,
     };
     let deployed = host::deploy(&host, &repo, new, &entry, Some(&current))?;
-    if !deployed.existing {
-        host::prune(&host, &repo, KEEP)?;
-        repo.gc(false)?;
+    if deployed.existing {
+        return report(args, "staged for the next boot", &deployed);
     }
-    report(args, "staged for the next boot", &deployed)
+    if running {
+        let started = Command::new("systemctl")
+            .args(["start", "cfs-deploy-finalize.service"])
+            .status();
+        if !started.is_ok_and(|s| s.success()) {
+            eprintln!(
+                "note: cfs-deploy-finalize.service did not start: run `cfs-deploy finalize` \
+                 before rebooting, or the new deployment stays staged"
+            );
+        }
+        report(args, "staged, finalized at shutdown", &deployed)
+    } else {
+        host::prune(&host, &repo, keep)?;
+        repo.gc(false)?;
+        report(args, "staged for the next boot", &deployed)
+    }
+}
+
+pub fn finalize<H: FsVerityDigest>(args: &Args, host_args: &HostArgs) -> Result<()> {
+    let host = host_of(host_args)?;
+    let repo = host.repo::<H>()?;
+    match host::finalize(&host, &repo)? {
+        Some(id) => {
+            if args.json {
+                print_json(&serde_json::json!({ "finalized": id }))?;
+            } else {
+                println!("finalized: {id}");
+            }
+        }
+        None if args.json => print_json(&serde_json::json!({ "finalized": null }))?,
+        None => println!("nothing staged"),
+    }
+    Ok(())
+}
+
+pub fn pin(host_args: &HostArgs, id: &str, unpin: bool) -> Result<()> {
+    let host = host_of(host_args)?;
+    let matching: Vec<Deployment> = host
+        .deployments()?
+        .into_iter()
+        .filter(|d| d.id.starts_with(id))
+        .collect();
+    let [deployment] = matching.as_slice() else {
+        bail!(
+            "{} deployments match {id:?}: name exactly one",
+            matching.len()
+        );
+    };
+    let marker = host.state_dir(&deployment.id).join(host::PIN_FILE);
+    if unpin {
+        match std::fs::remove_file(&marker) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+            _ => println!("unpinned {}", deployment.id),
+        }
+    } else {
+        std::fs::write(&marker, "")?;
+        println!("pinned {}", deployment.id);
+    }
+    Ok(())
 }
 
 fn check_update<H: FsVerityDigest>(
@@ -457,7 +520,11 @@ fn check_update<H: FsVerityDigest>(
 
 pub fn rollback(args: &Args, host_args: &HostArgs) -> Result<()> {
     let host = host_of(host_args)?;
-    let deployments = host.deployments()?;
+    let deployments: Vec<Deployment> = host
+        .deployments()?
+        .into_iter()
+        .filter(|d| !d.staged)
+        .collect();
     let [first, second, ..] = deployments.as_slice() else {
         bail!("there is no other deployment to roll back to");
     };
@@ -485,10 +552,14 @@ pub fn status(args: &Args, host_args: &HostArgs) -> Result<()> {
         if Some(&d.id) == booted.as_ref() {
             roles.push("booted");
         }
-        match index {
-            0 => roles.push("default"),
-            1 => roles.push("rollback"),
+        match (d.staged, index) {
+            (true, _) => roles.push("staged"),
+            (false, 0) => roles.push("default"),
+            (false, 1) => roles.push("rollback"),
             _ => {}
+        }
+        if d.pinned {
+            roles.push("pinned");
         }
         roles
     };
@@ -546,11 +617,18 @@ pub fn status(args: &Args, host_args: &HostArgs) -> Result<()> {
 pub fn gc<H: FsVerityDigest>(args: &Args, host_args: &HostArgs) -> Result<()> {
     let host = host_of(host_args)?;
     let repo = host.repo::<H>()?;
-    host::prune(&host, &repo, usize::MAX)?;
+    // The default and the rollback; booted, staged and pinned ones besides.
+    let removed = host::prune(&host, &repo, 2)?;
     let report = repo.gc(false)?;
     if args.json {
-        print_json(&serde_json::json!({ "objectsRemoved": report.objects_removed }))?;
+        print_json(&serde_json::json!({
+            "deploymentsRemoved": removed,
+            "objectsRemoved": report.objects_removed,
+        }))?;
     } else {
+        for id in &removed {
+            println!("removed deployment {id}");
+        }
         println!("removed {} objects", report.objects_removed);
     }
     Ok(())

@@ -43,6 +43,8 @@ fn uses_existing_repo(command: &Command) -> bool {
         Command::Bless { .. } | Command::Install(_) => false,
         Command::Upgrade { .. }
         | Command::Switch { .. }
+        | Command::Finalize { .. }
+        | Command::Pin { .. }
         | Command::Rollback { .. }
         | Command::Status { .. }
         | Command::Gc { .. } => true,
@@ -61,6 +63,8 @@ fn host_args(command: &Command) -> Option<&crate::cli::HostArgs> {
     match command {
         Command::Upgrade { host, .. }
         | Command::Switch { host, .. }
+        | Command::Finalize { host }
+        | Command::Pin { host, .. }
         | Command::Rollback { host }
         | Command::Status { host }
         | Command::Gc { host } => Some(host),
@@ -93,8 +97,14 @@ fn dispatch<H: FsVerityDigest>(args: Args) -> Result<()> {
         Command::Repo(command) => repo::run::<H>(&args, command),
         Command::Bless { esp } => bless::run(esp.as_deref()),
         Command::Install(command) => host::install::<H>(&args, command),
-        Command::Upgrade { check, host } => host::upgrade::<H>(&args, host, None, *check),
-        Command::Switch { source, host } => host::upgrade::<H>(&args, host, Some(source), false),
+        Command::Upgrade { check, keep, host } => {
+            host::upgrade::<H>(&args, host, None, *check, *keep)
+        }
+        Command::Switch { source, keep, host } => {
+            host::upgrade::<H>(&args, host, Some(source), false, *keep)
+        }
+        Command::Finalize { host } => host::finalize::<H>(&args, host),
+        Command::Pin { id, unpin, host } => host::pin(host, id, *unpin),
         Command::Rollback { host } => host::rollback(&args, host),
         Command::Status { host } => host::status(&args, host),
         Command::Gc { host } => host::gc::<H>(&args, host),

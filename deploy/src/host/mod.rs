@@ -24,7 +24,10 @@ use anyhow::{bail, Context, Result};
 use cap_std::ambient_authority;
 use cap_std::fs::Dir;
 use cfs_boot::entries::{BlsEntry, EntryName};
-use cfs_boot::install::{install_type1, install_uki, NewEntry, ENTRIES_DIR, KERNELS_DIR, UKI_DIR};
+use cfs_boot::install::{
+    install_type1, install_uki, promote, NewEntry, ENTRIES_DIR, KERNELS_DIR, STAGED_ENTRIES_DIR,
+    STAGED_UKI_DIR, UKI_DIR,
+};
 use cfs_boot::resources::{find_boot_resources, BootArtifact, BootResources};
 use cfs_boot::uki::{ComposefsArg, Uki};
 use cfs_erofs::digest::FsVerityDigest;
@@ -50,7 +53,13 @@ pub struct Host {
     pub root: PathBuf,
     /// The ESP.
     pub esp: PathBuf,
+    /// The kernel command line that says which deployment is booted
+    /// (`/proc/cmdline`; another file for tests).
+    pub cmdline: PathBuf,
 }
+
+/// A file in a deployment's state directory that keeps it from pruning.
+pub const PIN_FILE: &str = "pinned";
 
 /// A deployment as its boot entry and state describe it.
 #[derive(Debug, Clone)]
@@ -65,6 +74,11 @@ pub struct Deployment {
     pub bls: BlsEntry,
     /// Ordering: higher boots first.
     pub generation: u64,
+    /// Waiting for `finalize` (its entry is where the boot loader does
+    /// not look).
+    pub staged: bool,
+    /// Kept by `gc` and pruning whatever its age.
+    pub pinned: bool,
     /// What was deployed, if the state directory has it.
     pub origin: Option<Origin>,
 }
@@ -116,7 +130,12 @@ impl Host {
     /// then the newest generation first).
     pub fn deployments(&self) -> Result<Vec<Deployment>> {
         let mut found = Vec::new();
-        for (dir, extension) in [(ENTRIES_DIR, "conf"), (UKI_DIR, "efi")] {
+        for (dir, extension, staged) in [
+            (ENTRIES_DIR, "conf", false),
+            (UKI_DIR, "efi", false),
+            (STAGED_ENTRIES_DIR, "conf", true),
+            (STAGED_UKI_DIR, "efi", true),
+        ] {
             let path = self.esp.join(dir);
             let entries = match std::fs::read_dir(&path) {
                 Ok(entries) => entries,
@@ -152,6 +171,7 @@ impl Host {
                     continue;
                 };
                 let origin = Origin::read(&self.state_dir(&arg.digest)).ok();
+                let pinned = self.state_dir(&arg.digest).join(PIN_FILE).exists();
                 let generation = generation_of(&bls.sort_key)
                     .or(origin.as_ref().map(|o| o.generation))
                     .unwrap_or(0);
@@ -161,13 +181,16 @@ impl Host {
                     entry: name,
                     bls,
                     generation,
+                    staged,
+                    pinned,
                     origin,
                 });
             }
         }
+        // Staged entries after all the boot loader sees.
         found.sort_by(|a, b| {
-            a.is_bad()
-                .cmp(&b.is_bad())
+            (a.staged, a.is_bad())
+                .cmp(&(b.staged, b.is_bad()))
                 .then(b.generation.cmp(&a.generation))
         });
         Ok(found)
@@ -176,7 +199,7 @@ impl Host {
     /// The deployment running now: `composefs=` of the kernel command
     /// line, when it names one of ours.
     pub fn booted(&self) -> Option<String> {
-        let cmdline = std::fs::read_to_string("/proc/cmdline").ok()?;
+        let cmdline = std::fs::read_to_string(&self.cmdline).ok()?;
         ComposefsArg::find(&cmdline).map(|arg| arg.digest)
     }
 }
@@ -190,6 +213,8 @@ pub struct EntryOptions {
     pub insecure: bool,
     /// Boot-counting tries; `None` for an entry that is known good.
     pub tries: Option<u32>,
+    /// Stage the entry for `finalize` instead of making it live.
+    pub staged: bool,
 }
 
 /// What [`deploy`] did.
@@ -258,6 +283,10 @@ pub fn deploy<H: FsVerityDigest>(
             other_kernels,
         });
     }
+    // One staged deployment at a time: a newer upgrade replaces it.
+    if entry.staged {
+        unstage(host)?;
+    }
     let generation = existing.iter().map(|d| d.generation).max().unwrap_or(0) + 1;
     let origin = Origin {
         generation,
@@ -278,22 +307,11 @@ pub fn deploy<H: FsVerityDigest>(
     }
     std::fs::create_dir_all(staging.join("etc"))?;
     let boot_tree = image_tree(repo, &boot)?;
-    if let Some(etc) = boot_tree.root.subdir(b"etc") {
-        let target = Dir::open_ambient_dir(staging.join("etc"), ambient_authority())?;
-        checkout::checkout(repo, &boot_tree, etc, &target).context("writing /etc")?;
-    }
-    if let Some(old) = merge_from {
-        let old_origin = old
-            .origin
-            .as_ref()
-            .context("the current deployment has no origin")?;
-        let old_tree = image_tree(repo, &H::from_hex(&old_origin.boot_image)?)?;
-        if let Some(pristine) = old_tree.root.subdir(b"etc") {
-            let current = host.state_dir(&old.id).join("etc");
-            let changes = etc_merge::local_changes(&old_tree, pristine, &current)?;
-            etc_merge::apply(&changes, &current, &staging.join("etc"))?;
-        }
-    }
+    let old_etc = match merge_from {
+        Some(old) => Some(OldEtc::of(host, repo, old)?),
+        None => None,
+    };
+    build_etc(repo, &boot_tree, old_etc.as_ref(), &staging.join("etc"))?;
     std::os::unix::fs::symlink("../../os/default/var", staging.join("var"))?;
     let shared_var = host.root.join(SHARED_VAR);
     if !shared_var.exists() {
@@ -349,6 +367,7 @@ pub fn deploy<H: FsVerityDigest>(
                 sort_key: sort_key(generation),
                 options: options.join(" "),
                 tries: entry.tries,
+                staged: entry.staged,
             };
             install_type1(
                 &esp,
@@ -359,7 +378,15 @@ pub fn deploy<H: FsVerityDigest>(
         }
         BootArtifact::Uki { file, uki } => {
             let bytes = file.read(&RepoContent(repo))?;
-            install_uki(&esp, &entry_stem(&id), entry.tries, &bytes, uki, &id)?;
+            install_uki(
+                &esp,
+                &entry_stem(&id),
+                entry.tries,
+                entry.staged,
+                &bytes,
+                uki,
+                &id,
+            )?;
         }
     }
     Ok(Deployed {
@@ -368,6 +395,98 @@ pub fn deploy<H: FsVerityDigest>(
         kernel,
         other_kernels,
     })
+}
+
+/// The `/etc` of a deployment changes are carried from: its image's
+/// pristine tree and the directory it runs with.
+struct OldEtc<H> {
+    tree: FileSystem<H>,
+    current: PathBuf,
+}
+
+impl<H: FsVerityDigest> OldEtc<H> {
+    fn of(host: &Host, repo: &Repository<H>, old: &Deployment) -> Result<OldEtc<H>> {
+        let origin = old
+            .origin
+            .as_ref()
+            .with_context(|| format!("deployment {} has no origin", old.id))?;
+        Ok(OldEtc {
+            tree: image_tree(repo, &H::from_hex(&origin.boot_image)?)?,
+            current: host.state_dir(&old.id).join("etc"),
+        })
+    }
+}
+
+/// Writes a new deployment's `/etc` at `target` (which must not exist):
+/// the image's, with the local changes of `old` merged in.
+fn build_etc<H: FsVerityDigest>(
+    repo: &Repository<H>,
+    image: &FileSystem<H>,
+    old: Option<&OldEtc<H>>,
+    target: &Path,
+) -> Result<()> {
+    std::fs::create_dir_all(target)?;
+    if let Some(etc) = image.root.subdir(b"etc") {
+        let dir = Dir::open_ambient_dir(target, ambient_authority())?;
+        checkout::checkout(repo, image, etc, &dir).context("writing /etc")?;
+    }
+    if let Some(old) = old {
+        if let Some(pristine) = old.tree.root.subdir(b"etc") {
+            let changes = etc_merge::local_changes(&old.tree, pristine, &old.current)?;
+            etc_merge::apply(&changes, &old.current, target)?;
+        }
+    }
+    Ok(())
+}
+
+/// Makes the staged deployment live: merges `/etc` again from the
+/// booted deployment (changes made since `upgrade` count), then moves its
+/// entry where the boot loader reads it. Run at shutdown; a crash before
+/// leaves the previous default. Returns the finalized id, if any.
+pub fn finalize<H: FsVerityDigest>(host: &Host, repo: &Repository<H>) -> Result<Option<String>> {
+    let deployments = host.deployments()?;
+    let Some(staged) = deployments.iter().find(|d| d.staged) else {
+        return Ok(None);
+    };
+    let booted = host.booted();
+    if let Some(from) = deployments
+        .iter()
+        .find(|d| !d.staged && Some(&d.id) == booted.as_ref())
+    {
+        let origin = staged
+            .origin
+            .as_ref()
+            .context("the staged deployment has no origin")?;
+        let image = image_tree(repo, &H::from_hex(&origin.boot_image)?)?;
+        let state = host.state_dir(&staged.id);
+        let fresh = state.join(".etc.new");
+        if fresh.exists() {
+            std::fs::remove_dir_all(&fresh)?;
+        }
+        build_etc(repo, &image, Some(&OldEtc::of(host, repo, from)?), &fresh)?;
+        sync_tree(&fresh)?;
+        // Swap: a crash between the renames leaves the entry staged, and
+        // the next finalize builds /etc again.
+        let old = state.join(".etc.old");
+        if old.exists() {
+            std::fs::remove_dir_all(&old)?;
+        }
+        std::fs::rename(state.join("etc"), &old)?;
+        std::fs::rename(&fresh, state.join("etc"))?;
+        sync_path(&state)?;
+        std::fs::remove_dir_all(&old)?;
+    }
+    promote(&host.esp_dir()?, &staged.entry_path)?;
+    Ok(Some(staged.id.clone()))
+}
+
+/// Drops a staged deployment's entry (its state goes at the next prune).
+pub fn unstage(host: &Host) -> Result<Option<String>> {
+    let Some(staged) = host.deployments()?.into_iter().find(|d| d.staged) else {
+        return Ok(None);
+    };
+    std::fs::remove_file(host.esp.join(&staged.entry_path))?;
+    Ok(Some(staged.id))
 }
 
 /// The tag that keeps a deployment's image alive.
@@ -399,6 +518,8 @@ fn sync_tree(path: &Path) -> Result<()> {
 /// generation (one atomic write of its entry). Type 1 entries only: a
 /// UKI's order comes from its own sections.
 pub fn make_default(host: &Host, target: &Deployment) -> Result<()> {
+    // As bootc does: a rollback drops what was staged.
+    unstage(host)?;
     if target.entry.extension != "conf" {
         bail!(
             "{} is a UKI: its place in the menu comes from its own .osrel",
@@ -438,7 +559,7 @@ pub fn make_default(host: &Host, target: &Deployment) -> Result<()> {
 }
 
 /// Removes the entries (and then the state) of deployments beyond the
-/// first `keep` in boot order, never the booted one; then kernels no
+/// first `keep` in boot order, never the booted, staged or pinned ones; then kernels no
 /// entry names, state no entry names, and deployment tags no entry names.
 /// Returns the ids removed.
 pub fn prune<H: FsVerityDigest>(
@@ -448,8 +569,13 @@ pub fn prune<H: FsVerityDigest>(
 ) -> Result<Vec<String>> {
     let booted = host.booted();
     let mut removed = Vec::new();
-    for (index, deployment) in host.deployments()?.into_iter().enumerate() {
-        if index < keep || booted.as_deref() == Some(&deployment.id) {
+    let live: Vec<Deployment> = host
+        .deployments()?
+        .into_iter()
+        .filter(|d| !d.staged)
+        .collect();
+    for (index, deployment) in live.into_iter().enumerate() {
+        if index < keep || deployment.pinned || booted.as_deref() == Some(&deployment.id) {
             continue;
         }
         std::fs::remove_file(host.esp.join(&deployment.entry_path))?;
