@@ -126,6 +126,17 @@ pub enum Command {
         #[arg(long)]
         esp: Option<PathBuf>,
     },
+    /// In the initramfs: mount the deployment named by `composefs=` on the
+    /// kernel command line over the physical root, with its /etc, the
+    /// shared /var and the physical root read-only at /sysroot.
+    SetupRoot {
+        /// The physical root, as mounted by the initramfs.
+        #[arg(long, default_value = "/sysroot")]
+        sysroot: PathBuf,
+        /// Where to read the kernel command line.
+        #[arg(long, default_value = "/proc/cmdline")]
+        cmdline: PathBuf,
+    },
 }
 
 /// Where the host is.

@@ -7,6 +7,7 @@ mod cli;
 mod cmd;
 mod host;
 mod progress;
+mod setup_root;
 
 use std::io::ErrorKind;
 use std::process::ExitCode;

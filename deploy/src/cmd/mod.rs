@@ -4,6 +4,7 @@ mod bless;
 mod host;
 mod image;
 mod repo;
+mod setup_root;
 
 use std::path::PathBuf;
 
@@ -18,9 +19,10 @@ use crate::cli::{Args, Command, Hash, ImageCommand, RepoCommand};
 pub fn run(args: Args) -> Result<()> {
     let algorithm = match uses_existing_repo(&args.command) {
         true => {
-            let path = match host_args(&args.command) {
-                Some(host) => host.sysroot.join(crate::host::REPO_DIR),
-                None => repo_path(&args),
+            let path = match (&args.command, host_args(&args.command)) {
+                (Command::SetupRoot { sysroot, .. }, _) => sysroot.join(crate::host::REPO_DIR),
+                (_, Some(host)) => host.sysroot.join(crate::host::REPO_DIR),
+                (_, None) => repo_path(&args),
             };
             cfs_images::meta::repository_algorithm(&path)
                 .with_context(|| format!("opening repository {}", path.display()))?
@@ -47,7 +49,8 @@ fn uses_existing_repo(command: &Command) -> bool {
         | Command::Pin { .. }
         | Command::Rollback { .. }
         | Command::Status { .. }
-        | Command::Gc { .. } => true,
+        | Command::Gc { .. }
+        | Command::SetupRoot { .. } => true,
         Command::Image(command) => matches!(
             command,
             ImageCommand::Create { .. }
@@ -108,6 +111,7 @@ fn dispatch<H: FsVerityDigest>(args: Args) -> Result<()> {
         Command::Rollback { host } => host::rollback(&args, host),
         Command::Status { host } => host::status(&args, host),
         Command::Gc { host } => host::gc::<H>(&args, host),
+        Command::SetupRoot { sysroot, cmdline } => setup_root::run::<H>(sysroot, cmdline),
     }
 }
 
