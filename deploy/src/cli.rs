@@ -291,7 +291,8 @@ pub enum ImageCommand {
         mountpoint: PathBuf,
     },
     /// Pull an OCI image (`docker://`, `oci:DIR[:TAG]`, `oci-archive:`,
-    /// `docker-archive:`, `containers-storage:`, `dir:`) into the
+    /// `docker-archive:`, `containers-storage:`, `dir:`), or a commit of
+    /// a local ostree repository (`ostree:REPO-PATH:REF`), into the
     /// repository, with its plain and boot EROFS images.
     Pull {
         /// The image reference, with its transport.

@@ -1,2 +1,19 @@
-//! Reading ostree repositories and converting commits into composefs images.
-//! Not written yet (issue 8).
+//! Reading ostree repositories without libostree and turning a commit into
+//! composefs images.
+//!
+//! [`repo::LocalRepo`] reads a local repository (`archive`/`archive-z2` or
+//! `bare-user` mode) and hands out objects only after checking each one's
+//! SHA-256 exactly as ostree computes it, so a corrupted or tampered
+//! repository is refused instead of imported. [`convert`] turns a commit
+//! into the tree model the EROFS writer takes, and [`pull`] stores it in a
+//! composefs repository with its plain and boot images kept alive.
+
+pub mod checksum;
+pub mod convert;
+pub mod error;
+pub mod object;
+pub mod pull;
+pub mod repo;
+
+pub use checksum::Checksum;
+pub use error::OstreeError;

@@ -88,6 +88,12 @@ pub fn run<H: FsVerityDigest>(args: &Args, command: &ImageCommand) -> Result<()>
             platform,
             insecure_registry,
         } => {
+            if let Some(ostree) = reference.strip_prefix("ostree:") {
+                if platform.is_some() || *insecure_registry {
+                    bail!("--platform and --insecure-registry are for OCI images, not ostree:");
+                }
+                return pull_ostree::<H>(args, ostree, name.as_deref());
+            }
             let repo = open_repo::<H>(args)?;
             let mut options = cfs_oci::fetch::FetchOptions::default();
             options.insecure_tls = *insecure_registry;
@@ -252,6 +258,49 @@ fn id_of_image<H: FsVerityDigest>(args: &Args, reference: &str, bootable: bool) 
         let kind = if bootable { "boot" } else { "plain" };
         format!("{reference} has no {kind} image")
     })
+}
+
+/// `image pull ostree:REPO-PATH:REF`: a commit of a local ostree
+/// repository. The path is everything before the last `:`, so it may
+/// itself hold colons; ostree refs cannot.
+fn pull_ostree<H: FsVerityDigest>(args: &Args, source: &str, tag: Option<&str>) -> Result<()> {
+    let Some((path, rev)) = source
+        .rsplit_once(':')
+        .filter(|(p, r)| !p.is_empty() && !r.is_empty())
+    else {
+        bail!("an ostree source is ostree:REPO-PATH:REF (or :COMMIT), not ostree:{source}");
+    };
+    let repo = open_repo::<H>(args)?;
+    let report = cfs_ostree::pull::pull_local(&repo, Path::new(path), rev, tag)
+        .with_context(|| format!("pulling {rev} from ostree repository {path}"))?;
+    let boot = match &report.boot_image {
+        Ok(digest) => digest.to_hex(),
+        Err(why) => format!("none ({why})"),
+    };
+    let stats = report.stats;
+    if args.json {
+        print_json(&serde_json::json!({
+            "tag": report.tag,
+            "commit": report.commit.to_hex(),
+            "subject": report.subject,
+            "directories": stats.directories,
+            "files": stats.files,
+            "externalBytes": stats.external_bytes,
+            "image": report.image.to_hex(),
+            "bootImage": report.boot_image.as_ref().ok().map(|d| d.to_hex()),
+        }))?;
+    } else {
+        println!("commit {}", report.commit);
+        println!("subject {}", report.subject);
+        println!(
+            "read {} directories, {} files; {} bytes stored as objects",
+            stats.directories, stats.files, stats.external_bytes
+        );
+        println!("image {}", report.image.to_hex());
+        println!("boot image {boot}");
+        println!("tagged {}", report.tag);
+    }
+    Ok(())
 }
 
 /// The JSON form of a pulled image, shared by `image ls` and `inspect`.

@@ -1,0 +1,138 @@
+//! Pulling a commit from a local ostree repository into a composefs
+//! repository: content objects, the plain and boot EROFS images, a stream
+//! that keeps them alive, and a tag, in that order.
+//!
+//! As for OCI images, the tag is the only root GC knows and moves last,
+//! so a pull stopped anywhere leaves the previous tag intact and at worst
+//! unreferenced objects.
+
+use std::path::Path;
+
+use cfs_erofs::digest::FsVerityDigest;
+use cfs_images::splitstream::{ContentType, SplitStreamWriter};
+use cfs_images::Repository;
+use cfs_oci::pull::{boot_image_ref_key, image_ref_key};
+
+use crate::checksum::Checksum;
+use crate::convert::{commit_to_filesystem, ConvertStats};
+use crate::error::OstreeError;
+use crate::repo::LocalRepo;
+
+/// The content type of the stream that keeps a pulled commit's images
+/// alive (`ostcommt`); it carries the commit object's bytes.
+pub const OSTREE_COMMIT: ContentType = ContentType::from_ascii(*b"ostcommt");
+
+/// The stream of a pulled commit. Not composefs-rs's `ostree-commit-`
+/// name: its stream of that name has another format, and neither tool
+/// should take the other's for its own.
+pub fn commit_stream_id(commit: &Checksum) -> String {
+    format!("ostree-images-{commit}")
+}
+
+/// Where a tag of a pulled commit lives below `streams/refs/`:
+/// `ostree/<tag>` with `%` and `/` escaped, as composefs-rs names them.
+pub fn tag_ref(tag: &str) -> String {
+    format!("ostree/{}", tag.replace('%', "%25").replace('/', "%2F"))
+}
+
+/// What a pull did.
+#[derive(Debug)]
+pub struct PullReport<H> {
+    /// The commit pulled.
+    pub commit: Checksum,
+    /// Its subject line.
+    pub subject: String,
+    /// The plain EROFS image.
+    pub image: H,
+    /// The boot EROFS image, or why there is none.
+    pub boot_image: Result<H, String>,
+    /// What was read and stored; all zero when the commit was already
+    /// pulled complete.
+    pub stats: ConvertStats,
+    /// The tag set.
+    pub tag: String,
+}
+
+/// Reads policy files of the image from the repository, for SELinux
+/// labelling of the boot image.
+struct RepoContent<'a, H>(&'a Repository<H>);
+
+impl<H: FsVerityDigest> cfs_boot::ContentSource<H> for RepoContent<'_, H> {
+    fn read_external(&self, _path: &Path, digest: &H, _size: u64) -> std::io::Result<Vec<u8>> {
+        self.0.read_object(digest).map_err(std::io::Error::other)
+    }
+}
+
+/// Pulls `rev` (a ref or a commit checksum) from the ostree repository
+/// at `source` into `repo` and tags it `tag` (default: `rev`).
+///
+/// A commit already pulled complete costs reading its ref: nothing else
+/// is read or written but the tag.
+pub fn pull_local<H: FsVerityDigest>(
+    repo: &Repository<H>,
+    source: &Path,
+    rev: &str,
+    tag: Option<&str>,
+) -> Result<PullReport<H>, OstreeError> {
+    let source = LocalRepo::open(source)?;
+    let checksum = source.resolve(rev)?;
+    let tag = tag.unwrap_or(rev).to_owned();
+    let stream_id = commit_stream_id(&checksum);
+    let format = repo.format();
+    if let Ok((_, stored)) = repo.open_stream(&stream_id) {
+        if let Some(image) = stored.named_ref(image_ref_key(format)) {
+            let (commit, _) = source.read_commit(&checksum)?;
+            repo.name_stream(&stream_id, &tag_ref(&tag))?;
+            return Ok(PullReport {
+                commit: checksum,
+                subject: commit.subject,
+                image: *image,
+                boot_image: stored
+                    .named_ref(boot_image_ref_key(format))
+                    .copied()
+                    .ok_or_else(|| "not generated when first pulled".to_owned()),
+                stats: ConvertStats::default(),
+                tag,
+            });
+        }
+    }
+
+    let (commit, commit_bytes) = source.read_commit(&checksum)?;
+    let (mut fs, stats) = commit_to_filesystem(&source, &commit, repo)?;
+    let image_error = |e: cfs_erofs::writer::WriteError| OstreeError::Image(e.to_string());
+    let plain = cfs_erofs::writer::mkfs(&fs, format).map_err(image_error)?;
+    let image = repo.write_image(&plain, None)?;
+    let boot_image = match cfs_boot::transform_for_boot(&mut fs, &RepoContent(repo)) {
+        Ok(()) => {
+            let bytes = cfs_erofs::writer::mkfs(&fs, format).map_err(image_error)?;
+            Ok(repo.write_image(&bytes, None)?)
+        }
+        // A commit without /boot or /sysroot is not bootable; say so and
+        // keep the plain image.
+        Err(e) => Err(e.to_string()),
+    };
+
+    let mut writer = SplitStreamWriter::<H>::new(OSTREE_COMMIT);
+    let stream_ref = |w: &mut SplitStreamWriter<H>, name: &str, digest: H| {
+        w.add_stream_ref(name, digest)
+            .map_err(|e| OstreeError::Image(e.to_string()))
+    };
+    stream_ref(&mut writer, image_ref_key(format), image)?;
+    if let Ok(boot) = &boot_image {
+        stream_ref(&mut writer, boot_image_ref_key(format), *boot)?;
+    }
+    writer.write_external(
+        repo.ensure_object(&commit_bytes)?,
+        commit_bytes.len() as u64,
+    );
+    repo.write_stream(&stream_id, &writer.finish(), None)?;
+    repo.name_stream(&stream_id, &tag_ref(&tag))?;
+    Ok(PullReport {
+        commit: checksum,
+        subject: commit.subject,
+        image,
+        boot_image,
+        stats,
+        tag,
+    })
+}
