@@ -187,14 +187,23 @@ impl LocalRepo {
                 "not a regular file (bare-user stores every object as one)".into(),
             ));
         }
-        let mut meta = vec![0u8; MAX_HEADER_SIZE];
-        let len = rustix::fs::fgetxattr(&file, "user.ostreemeta", &mut meta[..]).map_err(|e| {
+        // Most are tens of bytes; only a huge one gets the limit's buffer.
+        let xattr_error = |e: rustix::io::Errno| {
             if e == rustix::io::Errno::NODATA {
                 malformed(checksum, KIND, "no user.ostreemeta xattr".into())
             } else {
                 io_err(e.into())
             }
-        })?;
+        };
+        let mut meta = vec![0u8; 4096];
+        let len = match rustix::fs::fgetxattr(&file, "user.ostreemeta", &mut meta[..]) {
+            Err(rustix::io::Errno::RANGE) => {
+                meta = vec![0u8; MAX_HEADER_SIZE];
+                rustix::fs::fgetxattr(&file, "user.ostreemeta", &mut meta[..])
+                    .map_err(xattr_error)?
+            }
+            other => other.map_err(xattr_error)?,
+        };
         meta.truncate(len);
         let size = stat.st_size as u64;
         let mut file = file;
