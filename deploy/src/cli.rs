@@ -145,10 +145,11 @@ pub struct HostArgs {
     /// The physical root, holding composefs/ and state/.
     #[arg(long, default_value = "/sysroot")]
     pub sysroot: PathBuf,
-    /// The ESP (default: the first of /efi, /boot/efi, /boot that holds
-    /// loader/).
-    #[arg(long)]
-    pub esp: Option<PathBuf>,
+    /// Where the boot entries and kernels are: the ESP or an XBOOTLDR
+    /// partition (default: the first of /boot, /efi, /boot/efi that holds
+    /// loader/entries).
+    #[arg(long, alias = "esp")]
+    pub boot_dir: Option<PathBuf>,
     /// The kernel command line that names the booted deployment.
     #[arg(long, default_value = "/proc/cmdline", hide = true)]
     pub cmdline: PathBuf,
@@ -191,9 +192,13 @@ pub enum InstallCommand {
     ToFilesystem {
         /// The physical root.
         root: PathBuf,
-        /// The ESP.
+        /// The ESP: systemd-boot goes there.
         #[arg(long)]
         esp: PathBuf,
+        /// Where boot entries and kernels go, if not on the ESP: an
+        /// XBOOTLDR partition (Boot Loader Specification), usually /boot.
+        #[arg(long)]
+        boot_dir: Option<PathBuf>,
         /// How the kernel finds ROOT (`root=UUID=...`); default: the
         /// filesystem UUID of ROOT.
         #[arg(long)]

@@ -625,3 +625,60 @@ fn a_running_host_stages_and_finalizes_and_keeps_pinned_deployments() {
     assert_eq!(gc["deploymentsRemoved"], serde_json::json!([v2]), "{gc}");
     assert_clean(&fx.root.join("composefs"), "after gc");
 }
+
+#[test]
+fn entries_and_kernels_can_live_on_an_xbootldr_partition() {
+    if !is_root() || !have_bootctl() {
+        println!(
+            "SKIPPED entries_and_kernels_can_live_on_an_xbootldr_partition: needs root and bootctl"
+        );
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let layout = work.path().join("layout");
+    write_layout(
+        &layout,
+        "v1",
+        &[ImageSpec::linux("amd64", sample("1", &[1; 3000]))],
+    )
+    .unwrap();
+    let (esp, boot) = (
+        Tmpfs::new("size=16m").unwrap(),
+        Tmpfs::new("size=16m").unwrap(),
+    );
+    let root = work.path().join("root");
+    std::fs::create_dir(&root).unwrap();
+    ok(Command::new(OURS)
+        .args(["--quiet", "install", "to-filesystem"])
+        .arg(&root)
+        .arg("--esp")
+        .arg(esp.path())
+        .arg("--boot-dir")
+        .arg(boot.path())
+        .args(["--root-karg", "root=LABEL=x", "--insecure", "--source"])
+        .arg(format!("oci:{}:v1", layout.display())));
+    assert!(esp.path().join("EFI/BOOT/BOOTX64.EFI").exists());
+    assert!(!esp.path().join("loader/entries").exists());
+    assert_eq!(
+        std::fs::read_dir(boot.path().join("loader/entries"))
+            .unwrap()
+            .count(),
+        1
+    );
+    assert!(
+        boot.path().join("cfs-deploy").is_dir(),
+        "kernels beside the entries"
+    );
+    let listed = ok(Command::new("bootctl")
+        .env("SYSTEMD_RELAX_ESP_CHECKS", "1")
+        .arg(format!("--esp-path={}", esp.path().display()))
+        .arg(format!("--boot-path={}", boot.path().display()))
+        .args(["--no-pager", "list"]));
+    assert!(listed.contains("title: Sample OS 1"), "{listed}");
+    let status = ok(Command::new(OURS)
+        .args(["--json", "status", "--sysroot"])
+        .arg(&root)
+        .arg("--boot-dir")
+        .arg(boot.path()));
+    assert!(status.contains("\"default\""), "{status}");
+}

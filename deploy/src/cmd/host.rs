@@ -21,17 +21,19 @@ const ROOT_TYPE: &str = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709";
 const ESP_MIB: u64 = 512;
 
 fn host_of(args: &HostArgs) -> Result<Host> {
-    let esp = match &args.esp {
-        Some(esp) => esp.clone(),
-        None => ["/efi", "/boot/efi", "/boot"]
+    let boot = match &args.boot_dir {
+        Some(dir) => dir.clone(),
+        None => ["/boot", "/efi", "/boot/efi"]
             .iter()
             .map(PathBuf::from)
-            .find(|p| p.join("loader").is_dir())
-            .context("no ESP with loader/ at /efi, /boot/efi or /boot: name it with --esp")?,
+            .find(|p| p.join("loader/entries").is_dir())
+            .context(
+                "no loader/entries at /boot, /efi or /boot/efi: name the directory with --boot-dir",
+            )?,
     };
     Ok(Host {
         root: args.sysroot.clone(),
-        esp,
+        boot,
         cmdline: args.cmdline.clone(),
     })
 }
@@ -66,6 +68,7 @@ pub fn install<H: FsVerityDigest>(args: &Args, command: &InstallCommand) -> Resu
         InstallCommand::ToFilesystem {
             root,
             esp,
+            boot_dir,
             root_karg,
             deploy,
         } => {
@@ -73,7 +76,8 @@ pub fn install<H: FsVerityDigest>(args: &Args, command: &InstallCommand) -> Resu
                 Some(karg) => karg.clone(),
                 None => format!("root=UUID={}", filesystem_uuid(root)?),
             };
-            to_filesystem::<H>(args, root, esp, &root_karg, deploy)
+            let boot = boot_dir.as_deref().unwrap_or(esp);
+            to_filesystem::<H>(args, root, esp, boot, &root_karg, deploy)
         }
         InstallCommand::ToDisk {
             target,
@@ -99,16 +103,19 @@ fn filesystem_uuid(path: &Path) -> Result<String> {
     Ok(uuid)
 }
 
+/// Installs onto `root`, with systemd-boot on `esp` and the entries and
+/// kernels in `boot` (the ESP itself, or an XBOOTLDR partition).
 fn to_filesystem<H: FsVerityDigest>(
     args: &Args,
     root: &Path,
     esp: &Path,
+    boot: &Path,
     root_karg: &str,
     deploy: &DeployArgs,
 ) -> Result<()> {
     let host = Host {
         root: root.to_owned(),
-        esp: esp.to_owned(),
+        boot: boot.to_owned(),
         // Nothing on the new root is booted.
         cmdline: PathBuf::new(),
     };
@@ -255,6 +262,7 @@ fn to_disk<H: FsVerityDigest>(
     to_filesystem::<H>(
         args,
         &root,
+        &esp,
         &esp,
         &format!("root=PARTUUID={root_uuid}"),
         deploy,

@@ -51,8 +51,9 @@ const STEM_PREFIX: &str = "cfs-";
 pub struct Host {
     /// The physical root (`/sysroot` when booted).
     pub root: PathBuf,
-    /// The ESP.
-    pub esp: PathBuf,
+    /// Where boot entries and kernels live: the ESP, or an XBOOTLDR
+    /// partition (`/boot`) beside it; systemd-boot reads both.
+    pub boot: PathBuf,
     /// The kernel command line that says which deployment is booted
     /// (`/proc/cmdline`; another file for tests).
     pub cmdline: PathBuf,
@@ -116,9 +117,9 @@ impl Host {
         Repository::open(&path).with_context(|| format!("opening repository {}", path.display()))
     }
 
-    fn esp_dir(&self) -> Result<Dir> {
-        Dir::open_ambient_dir(&self.esp, ambient_authority())
-            .with_context(|| format!("opening the ESP {}", self.esp.display()))
+    fn boot_dir(&self) -> Result<Dir> {
+        Dir::open_ambient_dir(&self.boot, ambient_authority())
+            .with_context(|| format!("opening the boot directory {}", self.boot.display()))
     }
 
     /// A deployment's state directory.
@@ -136,7 +137,7 @@ impl Host {
             (STAGED_ENTRIES_DIR, "conf", true),
             (STAGED_UKI_DIR, "efi", true),
         ] {
-            let path = self.esp.join(dir);
+            let path = self.boot.join(dir);
             let entries = match std::fs::read_dir(&path) {
                 Ok(entries) => entries,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
@@ -338,7 +339,7 @@ pub fn deploy<H: FsVerityDigest>(
     sync_path(&host.root.join(STATE_DIR))?;
 
     // The entry last: from here on the deployment boots.
-    let esp = host.esp_dir()?;
+    let esp = host.boot_dir()?;
     let mut options = entry.kargs.clone();
     options.push(
         ComposefsArg {
@@ -476,7 +477,7 @@ pub fn finalize<H: FsVerityDigest>(host: &Host, repo: &Repository<H>) -> Result<
         sync_path(&state)?;
         std::fs::remove_dir_all(&old)?;
     }
-    promote(&host.esp_dir()?, &staged.entry_path)?;
+    promote(&host.boot_dir()?, &staged.entry_path)?;
     Ok(Some(staged.id.clone()))
 }
 
@@ -485,7 +486,7 @@ pub fn unstage(host: &Host) -> Result<Option<String>> {
     let Some(staged) = host.deployments()?.into_iter().find(|d| d.staged) else {
         return Ok(None);
     };
-    std::fs::remove_file(host.esp.join(&staged.entry_path))?;
+    std::fs::remove_file(host.boot.join(&staged.entry_path))?;
     Ok(Some(staged.id))
 }
 
@@ -541,7 +542,7 @@ pub fn make_default(host: &Host, target: &Deployment) -> Result<()> {
         .entry_path
         .rsplit_once('/')
         .context("entry path without a directory")?;
-    let dir = host.esp_dir()?.open_dir(dir)?;
+    let dir = host.boot_dir()?.open_dir(dir)?;
     let tmp = format!(".{file}.tmp");
     {
         use std::io::Write;
@@ -552,7 +553,7 @@ pub fn make_default(host: &Host, target: &Deployment) -> Result<()> {
     dir.rename(&tmp, &dir, file)?;
     sync_path(
         &host
-            .esp
+            .boot
             .join(target.entry_path.rsplit_once('/').map_or("", |p| p.0)),
     )?;
     Ok(())
@@ -578,12 +579,12 @@ pub fn prune<H: FsVerityDigest>(
         if index < keep || deployment.pinned || booted.as_deref() == Some(&deployment.id) {
             continue;
         }
-        std::fs::remove_file(host.esp.join(&deployment.entry_path))?;
+        std::fs::remove_file(host.boot.join(&deployment.entry_path))?;
         removed.push(deployment.id);
     }
     let live = host.deployments()?;
     // Kernels no entry names.
-    let kernels = host.esp.join(KERNELS_DIR);
+    let kernels = host.boot.join(KERNELS_DIR);
     if let Ok(dirs) = std::fs::read_dir(&kernels) {
         for dir in dirs {
             let name = dir?.file_name().to_string_lossy().into_owned();
