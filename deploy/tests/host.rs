@@ -682,3 +682,102 @@ fn entries_and_kernels_can_live_on_an_xbootldr_partition() {
         .arg(boot.path()));
     assert!(status.contains("\"default\""), "{status}");
 }
+
+#[test]
+fn an_ostree_commit_deploys_and_upgrades_like_an_oci_image() {
+    let test = "an_ostree_commit_deploys_and_upgrades_like_an_oci_image";
+    if !is_root() {
+        println!("SKIPPED {test}: needs root");
+        return;
+    }
+    if Command::new("ostree").arg("--version").output().is_err() {
+        println!("SKIPPED {test}: ostree is not installed");
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let ostree_repo = work.path().join("ostree");
+    ok(Command::new("ostree")
+        .args(["init", "--mode=archive", "--repo"])
+        .arg(&ostree_repo));
+    let commit = |version: &str| {
+        let tree = work.path().join(format!("tree-{version}"));
+        let files: &[(&str, String)] = &[
+            ("usr/lib/modules/6.12.0/vmlinuz", "kernel".repeat(500)),
+            ("usr/lib/modules/6.12.0/initramfs.img", "initramfs".into()),
+            (
+                "usr/lib/os-release",
+                format!("ID=tree\nPRETTY_NAME=\"Tree OS {version}\"\nVERSION_ID={version}\n"),
+            ),
+            ("etc/sample.conf", format!("from commit {version}\n")),
+        ];
+        for (path, content) in files {
+            let path = tree.join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, content).unwrap();
+        }
+        std::fs::create_dir_all(tree.join("boot")).unwrap();
+        std::fs::create_dir_all(tree.join("sysroot")).unwrap();
+        ok(Command::new("ostree")
+            .args(["commit", "--branch=os", "--repo"])
+            .arg(&ostree_repo)
+            .arg(format!("--tree=dir={}", tree.display())))
+        .trim()
+        .to_owned()
+    };
+    let first = commit("1");
+    let (root, esp) = (work.path().join("root"), work.path().join("esp"));
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::create_dir_all(&esp).unwrap();
+    let source = format!("ostree:{}:os", ostree_repo.display());
+    ok(Command::new(OURS)
+        .args(["--quiet", "install", "to-filesystem"])
+        .arg(&root)
+        .arg("--esp")
+        .arg(&esp)
+        .args([
+            "--root-karg",
+            "root=LABEL=x",
+            "--insecure",
+            "--source",
+            &source,
+        ]));
+    let host = |args: &[&str]| {
+        let mut cmd = Command::new(OURS);
+        cmd.args(args)
+            .arg("--sysroot")
+            .arg(&root)
+            .arg("--boot-dir")
+            .arg(&esp);
+        cmd
+    };
+    let status = || -> serde_json::Value {
+        serde_json::from_str(&ok(&mut host(&["--json", "status"]))).unwrap()
+    };
+    assert_eq!(status()["deployments"][0]["manifest"], first.as_str());
+    let check = ok(&mut host(&["upgrade", "--check"]));
+    assert!(check.starts_with("no update"), "{check}");
+
+    let second = commit("2");
+    let check = ok(&mut host(&["upgrade", "--check"]));
+    assert!(
+        check.contains(&format!("commit {first} -> {second}")),
+        "{check}"
+    );
+    ok(&mut host(&["--quiet", "upgrade"]));
+    let now = status();
+    let versions: Vec<_> = now["deployments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| (d["version"].clone(), d["manifest"].clone()))
+        .collect();
+    assert_eq!(
+        versions,
+        [
+            (serde_json::json!("2"), serde_json::json!(second)),
+            (serde_json::json!("1"), serde_json::json!(first)),
+        ]
+    );
+    ok(&mut host(&["gc"]));
+    assert_clean(&root.join("composefs"), "after an ostree upgrade and gc");
+}

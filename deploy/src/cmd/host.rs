@@ -38,29 +38,63 @@ fn host_of(args: &HostArgs) -> Result<Host> {
     })
 }
 
-/// Pulls `source` and describes it as an origin.
+/// Pulls `source` (an OCI image reference, or `ostree:REPO-PATH:REF`)
+/// and describes it as an origin.
 fn pull<H: FsVerityDigest>(
     args: &Args,
     repo: &Repository<H>,
     source: &str,
     insecure_registry: bool,
 ) -> Result<Origin> {
-    let mut options = cfs_oci::fetch::FetchOptions::default();
-    options.insecure_tls = insecure_registry;
-    let display = PullDisplay::new(args.quiet);
-    let report = cfs_oci::pull::pull(repo, source, None, &options, &display)
-        .with_context(|| format!("pulling {source}"))?;
-    let boot = report
-        .boot_image
-        .map_err(|why| anyhow::anyhow!("{source} has no boot image: {why}"))?;
+    let (manifest_digest, stream, image, boot_image) = match ostree_source(source)? {
+        Some((path, rev)) => {
+            let report = cfs_ostree::pull::pull_local(repo, Path::new(path), rev, None)
+                .with_context(|| format!("pulling {rev} from ostree repository {path}"))?;
+            let stream = cfs_ostree::pull::commit_stream_id(&report.commit);
+            (
+                report.commit.to_hex(),
+                stream,
+                report.image,
+                report.boot_image,
+            )
+        }
+        None => {
+            let mut options = cfs_oci::fetch::FetchOptions::default();
+            options.insecure_tls = insecure_registry;
+            let display = PullDisplay::new(args.quiet);
+            let report = cfs_oci::pull::pull(repo, source, None, &options, &display)
+                .with_context(|| format!("pulling {source}"))?;
+            let stream = format!("oci-manifest-{}", report.manifest_digest);
+            (
+                report.manifest_digest,
+                stream,
+                report.image,
+                report.boot_image,
+            )
+        }
+    };
+    let boot = boot_image.map_err(|why| anyhow::anyhow!("{source} has no boot image: {why}"))?;
     Ok(Origin {
         source: source.to_owned(),
-        manifest_digest: report.manifest_digest,
-        image: report.image.to_hex(),
+        manifest_digest,
+        stream,
+        image: image.to_hex(),
         boot_image: boot.to_hex(),
         deployed: now_rfc3339(),
         generation: 0,
     })
+}
+
+/// `ostree:REPO-PATH:REF` split into path and ref; `None` for other
+/// sources.
+fn ostree_source(source: &str) -> Result<Option<(&str, &str)>> {
+    let Some(rest) = source.strip_prefix("ostree:") else {
+        return Ok(None);
+    };
+    match rest.rsplit_once(':') {
+        Some((path, rev)) if !path.is_empty() && !rev.is_empty() => Ok(Some((path, rev))),
+        _ => bail!("an ostree source is ostree:REPO-PATH:REF, not {source}"),
+    }
 }
 
 pub fn install<H: FsVerityDigest>(args: &Args, command: &InstallCommand) -> Result<()> {
@@ -485,6 +519,21 @@ fn check_update<H: FsVerityDigest>(
     origin: &Origin,
     source: &str,
 ) -> Result<()> {
+    if let Some((path, rev)) = ostree_source(source)? {
+        let commit = cfs_ostree::repo::LocalRepo::open(Path::new(path))?
+            .resolve(rev)?
+            .to_hex();
+        let update = commit != origin.manifest_digest;
+        if args.json {
+            print_json(&serde_json::json!({ "update": update, "commit": commit }))?;
+        } else if update {
+            println!("update available: {source}");
+            println!("commit {} -> {commit}", origin.manifest_digest);
+        } else {
+            println!("no update: {source} is still {commit}");
+        }
+        return Ok(());
+    }
     let source_image = cfs_oci::fetch::Source::open(source, &Default::default())
         .with_context(|| format!("opening {source}"))?;
     let manifest = source_image.manifest();

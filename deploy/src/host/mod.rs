@@ -294,11 +294,8 @@ pub fn deploy<H: FsVerityDigest>(
         ..origin
     };
 
-    // The deployment's tag keeps its image alive through GC.
-    repo.name_stream(
-        &format!("oci-manifest-{}", origin.manifest_digest),
-        &cfs_oci::pull::tag_ref(&deployment_tag(&id)),
-    )?;
+    // The deployment's own ref keeps its image alive through GC.
+    repo.name_stream(&origin.stream, &deployment_ref(&id))?;
 
     // State, complete before it gets its name.
     let state = host.state_dir(&id);
@@ -490,10 +487,13 @@ pub fn unstage(host: &Host) -> Result<Option<String>> {
     Ok(Some(staged.id))
 }
 
-/// The tag that keeps a deployment's image alive.
-pub fn deployment_tag(id: &str) -> String {
-    format!("cfs-deploy/{id}")
+/// The ref (below `streams/refs/`) that keeps a deployment's image alive,
+/// whatever kind of source it came from.
+pub fn deployment_ref(id: &str) -> String {
+    format!("{DEPLOYMENT_REFS}/{id}")
 }
+
+const DEPLOYMENT_REFS: &str = "cfs-deploy";
 
 fn sync_path(path: &Path) -> Result<()> {
     std::fs::File::open(path)?.sync_all()?;
@@ -603,12 +603,12 @@ pub fn prune<H: FsVerityDigest>(
             }
         }
     }
-    // Deployment tags no entry names.
+    // Deployment refs no entry names.
     for (name, _) in repo.list_refs("streams")? {
-        let Some(tag) = name.strip_prefix("oci/cfs-deploy%2F") else {
+        let Some(id) = name.strip_prefix(&format!("{DEPLOYMENT_REFS}/")) else {
             continue;
         };
-        if !live.iter().any(|d| d.id == tag) {
+        if !live.iter().any(|d| d.id == id) {
             repo.remove_stream_ref(&name)?;
         }
     }

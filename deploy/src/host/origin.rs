@@ -14,8 +14,12 @@ pub const ORIGIN_FILE: &str = "origin";
 pub struct Origin {
     /// The image reference it was pulled from (`upgrade` pulls it again).
     pub source: String,
-    /// `sha256:...` of the manifest.
+    /// What the source names the image by: `sha256:...` of an OCI
+    /// manifest, or an ostree commit's checksum.
     pub manifest_digest: String,
+    /// The repository stream that keeps the image alive (the OCI manifest's
+    /// or the ostree commit's): a deployment's GC root names it.
+    pub stream: String,
     /// The plain EROFS image, hex.
     pub image: String,
     /// The boot EROFS image, hex: the deployment's id.
@@ -31,9 +35,11 @@ impl Origin {
     pub fn to_text(&self) -> String {
         format!(
             "[origin]\ncontainer-image-reference = {}\n\n[image]\nmanifest_digest = {}\n\
-             image = {}\nboot_image = {}\n\n[deployment]\ndeployed = {}\ngeneration = {}\n",
+             stream = {}\nimage = {}\nboot_image = {}\n\n[deployment]\ndeployed = {}\n\
+             generation = {}\n",
             self.source,
             self.manifest_digest,
+            self.stream,
             self.image,
             self.boot_image,
             self.deployed,
@@ -53,6 +59,7 @@ impl Origin {
         Ok(Origin {
             source: get("container-image-reference")?,
             manifest_digest: get("manifest_digest")?,
+            stream: get("stream")?,
             image: get("image")?,
             boot_image: get("boot_image")?,
             deployed: get("deployed")?,
@@ -109,6 +116,7 @@ mod tests {
         let origin = Origin {
             source: "oci:/x:v1".into(),
             manifest_digest: "sha256:ab".into(),
+            stream: "oci-manifest-sha256:ab".into(),
             image: "11".into(),
             boot_image: "22".into(),
             deployed: now_rfc3339(),
