@@ -2,15 +2,20 @@
 //! as the metadata layer, overlayfs on top with the repository's objects
 //! as a data-only lower layer, and `verity=require` unless the repository
 //! is insecure, so the kernel checks every file's content on open.
+//!
+//! Before Linux 6.15 overlayfs refuses a detached mount as a layer, so the
+//! EROFS mount is attached on a temporary directory (under
+//! `$TMPDIR`) while the overlay is created, and detached right after: the
+//! overlay keeps its own reference to the layer.
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 
 use cfs_erofs::digest::FsVerityDigest;
 use rustix::fs::{Mode, OFlags, CWD};
 use rustix::mount::{
-    fsconfig_create, fsconfig_set_flag, fsconfig_set_string, fsmount, fsopen, move_mount,
-    FsMountFlags, FsOpenFlags, MountAttrFlags, MoveMountFlags,
+    fsconfig_create, fsconfig_set_flag, fsconfig_set_string, fsmount, fsopen, move_mount, unmount,
+    FsMountFlags, FsOpenFlags, MountAttrFlags, MoveMountFlags, UnmountFlags,
 };
 
 use crate::error::{Error, IoContext, Result};
@@ -37,6 +42,7 @@ impl<H: FsVerityDigest> Repository<H> {
             MountAttrFlags::MOUNT_ATTR_RDONLY,
         )
         .io(op, "erofs")?;
+        let layer = AttachedLayer::attach(layer)?;
 
         let objects = rustix::fs::openat(
             self.dir(),
@@ -52,12 +58,13 @@ impl<H: FsVerityDigest> Repository<H> {
         set("source", &format!("composefs:{}", digest.to_hex()))?;
         set("metacopy", "on")?;
         set("redirect_dir", "on")?;
-        set("lowerdir+", &proc_fd(&layer))?;
+        set("lowerdir+", &layer.path())?;
         set("datadir+", &proc_fd(&objects))?;
         if !self.is_insecure() {
             set("verity", "require")?;
         }
         fsconfig_create(&overlay).io("creating overlay mount of", object_path(&digest))?;
+        drop(layer);
         let root = fsmount(
             &overlay,
             FsMountFlags::FSMOUNT_CLOEXEC,
@@ -77,5 +84,43 @@ impl<H: FsVerityDigest> Repository<H> {
             source: e.into(),
         })?;
         Ok(digest)
+    }
+}
+
+/// A mount attached on a temporary directory, detached and the directory
+/// removed when dropped.
+struct AttachedLayer {
+    dir: tempfile::TempDir,
+}
+
+impl AttachedLayer {
+    fn attach(mount: OwnedFd) -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix(".cfs-layer-")
+            .tempdir()
+            .io("creating a directory for", "the EROFS layer")?;
+        move_mount(
+            mount.as_fd(),
+            "",
+            CWD,
+            dir.path(),
+            MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+        )
+        .map_err(|e| Error::Io {
+            op: "attaching the EROFS layer at",
+            path: dir.path().to_owned(),
+            source: e.into(),
+        })?;
+        Ok(Self { dir })
+    }
+
+    fn path(&self) -> String {
+        self.dir.path().to_string_lossy().into_owned()
+    }
+}
+
+impl Drop for AttachedLayer {
+    fn drop(&mut self) {
+        let _ = unmount(self.dir.path(), UnmountFlags::DETACH);
     }
 }
