@@ -22,6 +22,14 @@ demo:
 test:
     cargo test --workspace --no-fail-fast
 
+# Boots an installed host in QEMU (TCG, OVMF, systemd-boot): a Debian
+# trixie image with our initramfs module, installed with `install
+# to-disk`. Minutes, and a Debian mirror the first time: not in `test`.
+[group('test')]
+vm-test:
+    cargo build --release -p cfs-deploy
+    scripts/vm-test.sh target/release/cfs-deploy
+
 # What CI gates on: formatting, lints, tests.
 [group('test')]
 check: fmt-check clippy test
