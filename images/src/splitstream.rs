@@ -44,6 +44,7 @@ use std::io::{self, Read, Write};
 use std::ops::Range;
 
 use cfs_erofs::digest::{Algorithm, FsVerityDigest};
+use cfs_erofs::format::FormatVersion;
 use zerocopy::little_endian::{U16, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 use zstd::stream::{read::Decoder, write::Encoder};
@@ -69,6 +70,25 @@ pub const NAMED_REFS_MAX: usize = 16 << 20;
 /// several consecutive pieces, so memory stays bounded whatever the
 /// stream claims.
 pub const INLINE_PIECE_MAX: usize = 1 << 20;
+
+/// The named ref by which a stream that keeps an image alive (an OCI
+/// config, an ostree commit) names its plain EROFS image, by format epoch.
+pub fn image_ref_key(format: FormatVersion) -> &'static str {
+    if format.is_c_layout() {
+        "composefs.image.v1"
+    } else {
+        "composefs.image"
+    }
+}
+
+/// The named ref of such a stream to its boot EROFS image.
+pub fn boot_image_ref_key(format: FormatVersion) -> &'static str {
+    if format.is_c_layout() {
+        "composefs.image.boot.v1"
+    } else {
+        "composefs.image.boot"
+    }
+}
 
 #[repr(C)]
 #[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]

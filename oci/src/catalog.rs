@@ -13,7 +13,9 @@ use oci_spec::image::{ImageConfiguration, ImageIndex, ImageManifest};
 use sha2::{Digest as _, Sha256};
 
 use crate::merge::{merge_layers, Departure, MergeError};
-use crate::pull::{boot_image_ref_key, image_ref_key, index_ref, layer_id, tag_ref};
+use cfs_images::splitstream::{boot_image_ref_key, image_ref_key};
+
+use crate::pull::{index_ref, layer_id, tag_ref};
 use crate::tar::layer_entries;
 
 /// Why an image could not be listed, inspected or (un)tagged.

@@ -9,9 +9,10 @@
 use std::path::Path;
 
 use cfs_erofs::digest::FsVerityDigest;
-use cfs_erofs::format::FormatVersion;
 use cfs_erofs::transform::{transform_for_oci, XattrFilter};
-use cfs_images::splitstream::{ContentType, SplitStream, SplitStreamWriter};
+use cfs_images::splitstream::{
+    boot_image_ref_key, image_ref_key, ContentType, SplitStream, SplitStreamWriter,
+};
 use cfs_images::Repository;
 use oci_spec::image::ImageConfiguration;
 
@@ -19,24 +20,6 @@ use crate::fetch::{FetchError, FetchOptions, FetchStats, Source};
 use crate::merge::{merge_layers, Departure, MergeError};
 use crate::read_ahead::read_ahead;
 use crate::tar::{layer_entries, split_layer, TarError};
-
-/// Named ref of a config stream to its plain EROFS image, by format epoch.
-pub fn image_ref_key(format: FormatVersion) -> &'static str {
-    if format.is_c_layout() {
-        "composefs.image.v1"
-    } else {
-        "composefs.image"
-    }
-}
-
-/// Named ref of a config stream to its boot EROFS image, by format epoch.
-pub fn boot_image_ref_key(format: FormatVersion) -> &'static str {
-    if format.is_c_layout() {
-        "composefs.image.boot.v1"
-    } else {
-        "composefs.image.boot"
-    }
-}
 
 /// What can stop a pull.
 #[derive(Debug, thiserror::Error)]

@@ -9,9 +9,9 @@
 use std::path::Path;
 
 use cfs_erofs::digest::FsVerityDigest;
+use cfs_images::splitstream::{boot_image_ref_key, image_ref_key};
 use cfs_images::splitstream::{ContentType, SplitStreamWriter};
 use cfs_images::Repository;
-use cfs_oci::pull::{boot_image_ref_key, image_ref_key};
 
 use crate::checksum::Checksum;
 use crate::convert::{commit_to_filesystem, ConvertStats};
