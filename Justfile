@@ -24,7 +24,8 @@ test:
 
 # Boots an installed host in QEMU (TCG, OVMF, systemd-boot): a Debian
 # trixie image with our initramfs module, installed with `install
-# to-disk`. Minutes, and a Debian mirror the first time: not in `test`.
+# to-disk`; then a broken boot-counted v2 must fall back to v1 after three
+# tries. About 5 minutes, and a Debian mirror the first time: not in `test`.
 [group('test')]
 vm-test:
     cargo build --release -p cfs-deploy
