@@ -186,6 +186,13 @@ if ! booted "$id"; then
     tail -40 "$serial" >&2
     exit 1
 fi
+# The root is the image, /etc and /var come from the ext4 physical root,
+# which itself is read-only at /sysroot.
+mounts="CFS-MOUNTS /=composefs:$id /etc=ext4 /var=ext4 /sysroot=ro"
+if ! tr -d '\r' < "$serial" | grep -aF "$mounts" >/dev/null; then
+    echo "vm-test: FAILED: the guest's mounts are not '$mounts'" >&2
+    exit 1
+fi
 echo "vm-test: booted deployment $id (VERSION_ID $version)"
 
 # Scenario 2: a broken v2 becomes the boot-counted default. Its entry is
