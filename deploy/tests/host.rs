@@ -58,6 +58,35 @@ fn sample(version: &str, kernel: &[u8]) -> Vec<LayerSpec> {
     }]
 }
 
+/// `install to-filesystem ROOT --esp ESP` of `source`, insecure, with
+/// `root=LABEL=x`; callers add options.
+fn install_to_filesystem(root: &Path, esp: &Path, source: &str) -> Command {
+    let mut cmd = Command::new(OURS);
+    cmd.args(["--quiet", "install", "to-filesystem"])
+        .arg(root)
+        .arg("--esp")
+        .arg(esp)
+        .args([
+            "--root-karg",
+            "root=LABEL=x",
+            "--insecure",
+            "--source",
+            source,
+        ]);
+    cmd
+}
+
+/// A layout in `dir` with sample version 1 tagged `v1`; its source.
+fn sample_layout(dir: &Path) -> String {
+    write_layout(
+        dir,
+        "v1",
+        &[ImageSpec::linux("amd64", sample("1", &[1; 3000]))],
+    )
+    .unwrap();
+    format!("oci:{}:v1", dir.display())
+}
+
 struct Fixture {
     work: tempfile::TempDir,
     _esp: Tmpfs,
@@ -390,19 +419,13 @@ fn install_to_disk_writes_a_bootable_layout() {
         return;
     }
     let work = tempfile::tempdir().unwrap();
-    let layout = work.path().join("layout");
-    write_layout(
-        &layout,
-        "v1",
-        &[ImageSpec::linux("amd64", sample("1", &[1; 3000]))],
-    )
-    .unwrap();
+    let source = sample_layout(&work.path().join("layout"));
     let disk = work.path().join("disk.img");
     ok(Command::new(OURS)
         .args(["--quiet", "install", "to-disk"])
         .arg(&disk)
         .args(["--size", "1G", "--insecure", "--source"])
-        .arg(format!("oci:{}:v1", layout.display())));
+        .arg(&source));
     let table: serde_json::Value =
         serde_json::from_str(&ok(Command::new("sfdisk").arg("--json").arg(&disk))).unwrap();
     let parts = table["partitiontable"]["partitions"].as_array().unwrap();
@@ -490,20 +513,7 @@ fn an_image_without_a_kernel_pulls_but_does_not_install() {
     let (root, esp) = (work.path().join("root"), work.path().join("esp"));
     std::fs::create_dir_all(&root).unwrap();
     std::fs::create_dir_all(&esp).unwrap();
-    let refused = output(
-        Command::new(OURS)
-            .args(["--quiet", "install", "to-filesystem"])
-            .arg(&root)
-            .arg("--esp")
-            .arg(&esp)
-            .args([
-                "--root-karg",
-                "root=LABEL=x",
-                "--insecure",
-                "--source",
-                &source,
-            ]),
-    );
+    let refused = output(&mut install_to_filesystem(&root, &esp, &source));
     assert!(!refused.status.success());
     let message = String::from_utf8_lossy(&refused.stderr);
     assert!(message.contains("the image has no kernel"), "{message}");
@@ -635,28 +645,16 @@ fn entries_and_kernels_can_live_on_an_xbootldr_partition() {
         return;
     }
     let work = tempfile::tempdir().unwrap();
-    let layout = work.path().join("layout");
-    write_layout(
-        &layout,
-        "v1",
-        &[ImageSpec::linux("amd64", sample("1", &[1; 3000]))],
-    )
-    .unwrap();
+    let source = sample_layout(&work.path().join("layout"));
     let (esp, boot) = (
         Tmpfs::new("size=16m").unwrap(),
         Tmpfs::new("size=16m").unwrap(),
     );
     let root = work.path().join("root");
     std::fs::create_dir(&root).unwrap();
-    ok(Command::new(OURS)
-        .args(["--quiet", "install", "to-filesystem"])
-        .arg(&root)
-        .arg("--esp")
-        .arg(esp.path())
+    ok(install_to_filesystem(&root, esp.path(), &source)
         .arg("--boot-dir")
-        .arg(boot.path())
-        .args(["--root-karg", "root=LABEL=x", "--insecure", "--source"])
-        .arg(format!("oci:{}:v1", layout.display())));
+        .arg(boot.path()));
     assert!(esp.path().join("EFI/BOOT/BOOTX64.EFI").exists());
     assert!(!esp.path().join("loader/entries").exists());
     assert_eq!(
@@ -729,18 +727,7 @@ fn an_ostree_commit_deploys_and_upgrades_like_an_oci_image() {
     std::fs::create_dir_all(&root).unwrap();
     std::fs::create_dir_all(&esp).unwrap();
     let source = format!("ostree:{}:os", ostree_repo.display());
-    ok(Command::new(OURS)
-        .args(["--quiet", "install", "to-filesystem"])
-        .arg(&root)
-        .arg("--esp")
-        .arg(&esp)
-        .args([
-            "--root-karg",
-            "root=LABEL=x",
-            "--insecure",
-            "--source",
-            &source,
-        ]));
+    ok(&mut install_to_filesystem(&root, &esp, &source));
     let host = |args: &[&str]| {
         let mut cmd = Command::new(OURS);
         cmd.args(args)
