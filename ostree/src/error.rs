@@ -15,6 +15,28 @@ pub enum OstreeError {
         #[source]
         source: std::io::Error,
     },
+    /// A file of the repository larger than anything ostree would serve.
+    #[error("{path} is over the {limit} byte limit")]
+    TooLargeFile {
+        /// Its path under the repository root.
+        path: String,
+        /// The limit.
+        limit: u64,
+    },
+    /// A path under the repository root that could leave it.
+    #[error("path {0:?} is not a plain path inside the repository")]
+    BadPath(String),
+    /// A repository URL that cannot be used.
+    #[error("invalid repository URL {0}")]
+    BadUrl(String),
+    /// An HTTP request that failed other than with "not found".
+    #[error("fetching {url}: {reason}")]
+    Http {
+        /// What was requested.
+        url: String,
+        /// Why it failed.
+        reason: String,
+    },
     /// The repository's `config` cannot be used.
     #[error("repository config: {0}")]
     Config(String),

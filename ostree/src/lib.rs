@@ -14,6 +14,7 @@ pub mod error;
 pub mod object;
 pub mod pull;
 pub mod repo;
+pub mod source;
 
 pub use checksum::Checksum;
 pub use error::OstreeError;
