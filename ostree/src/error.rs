@@ -98,6 +98,9 @@ pub enum OstreeError {
     /// The tree cannot become an image.
     #[error("building the image: {0}")]
     Image(String),
+    /// A static delta was refused.
+    #[error(transparent)]
+    Delta(#[from] crate::delta::DeltaError),
     /// The composefs repository refused.
     #[error(transparent)]
     Repository(#[from] cfs_images::Error),

@@ -10,6 +10,7 @@
 
 pub mod checksum;
 pub mod convert;
+pub mod delta;
 pub mod error;
 pub mod object;
 pub mod pull;

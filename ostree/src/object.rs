@@ -105,6 +105,17 @@ impl FileHeader {
         out
     }
 
+    /// A header from parts found outside a content object (a static
+    /// delta's mode and xattr tables), checked as a parsed one is.
+    pub(crate) fn from_parts(meta: Meta, symlink_target: String) -> Result<Self, String> {
+        let header = Self {
+            meta,
+            symlink_target,
+        };
+        header.validate(0)?;
+        Ok(header)
+    }
+
     /// Checks what ostree itself requires of a content header.
     fn validate(&self, rdev: u32) -> Result<(), String> {
         if rdev != 0 {

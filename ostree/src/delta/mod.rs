@@ -1,0 +1,29 @@
+//! ostree static deltas: a commit's objects delivered as a few large,
+//! compressed files instead of one request per object.
+//!
+//! A delta is a superblock ([`superblock`]) naming the target commit
+//! (carried inside it), the base commit or none for a delta from scratch,
+//! a list of parts, and fallback content objects to fetch loose. Each
+//! part ([`part`]) is checked against the checksum in its header,
+//! decompressed, and its operations ([`execute`]) build objects: whole
+//! from payload bytes, spliced from files of the base commit, or patched
+//! from them with bsdiff ([`bspatch`]). Every object is checked against
+//! its name before it reaches the [`ObjectSink`]. [`naming`] says where a
+//! delta lives in a repository.
+//!
+//! Everything here parses hostile bytes: sizes, offsets and indexes are
+//! checked before use, and a malformed delta is an error, never a panic.
+
+pub mod apply;
+pub mod bspatch;
+pub mod error;
+pub mod execute;
+pub mod naming;
+pub mod part;
+pub mod superblock;
+
+pub use apply::{apply_parts, fetch_superblock, ApplyStats, Fetch};
+pub use error::DeltaError;
+pub use execute::{execute, NoReadSource, ObjectSink, OpCounts, ReadSource};
+pub use part::Part;
+pub use superblock::{Fallback, ObjectType, PartHeader, Superblock};
