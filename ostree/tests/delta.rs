@@ -13,8 +13,8 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use cfs_ostree::delta::{
-    apply_parts, fetch_superblock, naming, ApplyStats, NoReadSource, ObjectSink, ObjectType,
-    OpCounts, ReadSource, Superblock,
+    apply_parts, fetch_superblock, naming, parse_delta_index, parse_summary_deltas, ApplyStats,
+    ListedDelta, NoReadSource, ObjectSink, ObjectType, OpCounts, ReadSource, Superblock,
 };
 use cfs_ostree::object::FileHeader;
 use cfs_ostree::repo::LocalRepo;
@@ -139,6 +139,8 @@ fn fixture() -> &'static Fixture {
             "--inline",
             "--set-endianness=B",
         ]));
+        run(ostree(&repo).args(["static-delta", "reindex"]));
+        run(ostree(&repo).args(["summary", "-u"]));
         let show_from = run(ostree(&repo).args(["static-delta", "show", &format!("{c1}-{c2}")]));
         let show_scratch = run(ostree(&repo).args(["static-delta", "show", &c1.to_hex()]));
         Fixture {
@@ -445,4 +447,45 @@ fn signed_superblock_is_unwrapped() {
     assert!(!unsigned.signed);
     assert_eq!(signed.commit, unsigned.commit);
     assert_eq!(signed.parts, unsigned.parts);
+}
+
+/// `static-delta reindex` and `summary -u` list every delta with the
+/// digest of its superblock file, and ours reads them the same.
+#[test]
+fn delta_index_and_summary_list_the_deltas() {
+    let f = fixture();
+    let listed = |from: Option<&Checksum>, to: &Checksum| ListedDelta {
+        from: from.copied(),
+        to: *to,
+        superblock_digest: Checksum::of(&[&std::fs::read(
+            f.repo.join(naming::superblock_path(from, to)),
+        )
+        .unwrap()]),
+    };
+    let sorted = |mut v: Vec<ListedDelta>| {
+        v.sort_by_key(|d| (d.from, d.to));
+        v
+    };
+    let index = std::fs::read(f.repo.join(naming::index_path(&f.c2))).unwrap();
+    assert_eq!(
+        sorted(parse_delta_index(&index).unwrap()),
+        sorted(vec![listed(Some(&f.c1), &f.c2), listed(None, &f.c2)])
+    );
+    let summary = std::fs::read(f.repo.join("summary")).unwrap();
+    assert_eq!(
+        sorted(parse_summary_deltas(&summary).unwrap()),
+        sorted(vec![
+            listed(Some(&f.c1), &f.c2),
+            listed(None, &f.c2),
+            listed(None, &f.c1)
+        ])
+    );
+    // The listed digest is checked when the superblock is fetched.
+    let mut fetch = dir_fetch(&f.repo);
+    let digest = listed(Some(&f.c1), &f.c2).superblock_digest;
+    assert!(
+        fetch_superblock(&mut fetch, Some(&f.c1), &f.c2, Some(&digest))
+            .unwrap()
+            .is_some()
+    );
 }

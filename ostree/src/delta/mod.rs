@@ -16,6 +16,7 @@
 
 pub mod apply;
 pub mod bspatch;
+pub mod discovery;
 pub mod error;
 pub mod execute;
 pub mod naming;
@@ -23,7 +24,20 @@ pub mod part;
 pub mod superblock;
 
 pub use apply::{apply_parts, fetch_superblock, ApplyStats, Fetch};
+pub use discovery::{parse_delta_index, parse_summary_deltas, ListedDelta};
 pub use error::DeltaError;
 pub use execute::{execute, NoReadSource, ObjectSink, OpCounts, ReadSource};
 pub use part::Part;
 pub use superblock::{Fallback, ObjectType, PartHeader, Superblock};
+
+/// The bytes of `inner`, a value the GVariant reader cast out of `outer`
+/// (it reads in place); empty if `inner` does not lie inside `outer`
+/// (the reader's default value for a malformed child).
+pub(crate) fn bytes_within<'a, T: ?Sized>(outer: &'a [u8], inner: &T) -> &'a [u8] {
+    let len = std::mem::size_of_val(inner);
+    let start = (inner as *const T).cast::<u8>() as usize;
+    start
+        .checked_sub(outer.as_ptr() as usize)
+        .and_then(|offset| outer.get(offset..offset.checked_add(len)?))
+        .unwrap_or_default()
+}

@@ -22,7 +22,7 @@ use gvariant::aligned_bytes::{AlignedBuf, AsAligned};
 use gvariant::{gv, Marker, Structure};
 
 use super::error::DeltaError;
-use super::naming;
+use super::{bytes_within, naming};
 use crate::checksum::Checksum;
 
 /// The magic that starts a signed superblock.
@@ -116,18 +116,6 @@ pub struct Superblock {
 
 fn bad(reason: impl Into<String>) -> DeltaError {
     DeltaError::Superblock(reason.into())
-}
-
-/// The bytes of `inner`, a value the GVariant reader cast out of `outer`
-/// (it reads in place); empty if `inner` does not lie inside `outer`
-/// (the reader's default value for a malformed child).
-fn bytes_within<'a, T: ?Sized>(outer: &'a [u8], inner: &T) -> &'a [u8] {
-    let len = std::mem::size_of_val(inner);
-    let start = (inner as *const T).cast::<u8>() as usize;
-    start
-        .checked_sub(outer.as_ptr() as usize)
-        .and_then(|offset| outer.get(offset..offset.checked_add(len)?))
-        .unwrap_or_default()
 }
 
 /// Reads a 32-byte checksum field.
