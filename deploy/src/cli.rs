@@ -312,6 +312,14 @@ pub enum ImageCommand {
         /// Skip TLS verification and allow plain HTTP registries.
         #[arg(long)]
         insecure_registry: bool,
+        /// The containers-storage graphroot for `containers-storage:`
+        /// references that name no store (default: storage.conf's).
+        #[arg(long)]
+        storage_root: Option<std::path::PathBuf>,
+        /// Read `containers-storage:` images through skopeo instead of
+        /// straight from the store (no reflinks; for comparison).
+        #[arg(long)]
+        via_skopeo: bool,
     },
     /// List pulled OCI images by tag.
     Ls,

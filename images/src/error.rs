@@ -85,6 +85,15 @@ pub enum Error {
         #[source]
         source: crate::splitstream::SplitStreamError,
     },
+    /// A file imported as an object is not the size it was said to be
+    /// (it changed, or whoever described it lied).
+    #[error("imported file has {found} bytes or more, but {expected} were expected")]
+    SourceSize {
+        /// The size announced.
+        expected: u64,
+        /// Bytes read before stopping.
+        found: u64,
+    },
     /// An EROFS image that does not parse.
     #[error("image {name}: {source}")]
     Image {

@@ -32,5 +32,6 @@ pub mod splitstream;
 mod verity;
 
 pub use error::{Error, Result};
+pub use objects::ImportMethod;
 pub use repo::{InitOptions, Repository};
 pub use verity::VerityState;

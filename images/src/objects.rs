@@ -91,6 +91,26 @@ impl<H: FsVerityDigest> Repository<H> {
     /// Stores the content of `source` as an object, sharing its extents
     /// when both are on a filesystem that can (`FICLONE`), else copying.
     pub fn ensure_object_from_file(&self, source: &File) -> Result<(H, ImportMethod)> {
+        self.import_object(source, None, &mut |_| ())
+    }
+
+    /// Stores the content of `source`, which must be `size` bytes long,
+    /// as an object: by reflink (`FICLONE`) when both are on a filesystem
+    /// that shares extents, else by copying. `observe` sees the content
+    /// as stored, in order, so a caller can hash it too (a tar's diff_id)
+    /// without reading it a second time.
+    ///
+    /// The digest and `observe` are computed from our private copy, not
+    /// from `source`: whoever can write `source` cannot make the object
+    /// differ from what was hashed. Never a hardlink, for the same reason:
+    /// without fs-verity the owner of the linked inode could rewrite an
+    /// object that the repository treats as immutable.
+    pub fn import_object(
+        &self,
+        source: &File,
+        size: Option<u64>,
+        observe: &mut dyn FnMut(&[u8]),
+    ) -> Result<(H, ImportMethod)> {
         let tmp = self.tmpfile()?;
         let method = match rustix::fs::ioctl_ficlone(&tmp, source) {
             Ok(()) => ImportMethod::Reflinked,
@@ -110,7 +130,28 @@ impl<H: FsVerityDigest> Repository<H> {
             )
             .io("reopening", "objects")?,
         );
-        std::io::copy(&mut reader, &mut hasher).io("hashing", "objects")?;
+        let mut buffer = vec![0u8; CHUNK];
+        let mut stored = 0u64;
+        loop {
+            let n = match reader.read(&mut buffer) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e).io("hashing", "objects"),
+            };
+            stored += n as u64;
+            if size.is_some_and(|size| stored > size) {
+                break;
+            }
+            hasher.update(&buffer[..n]);
+            observe(&buffer[..n]);
+        }
+        if let Some(expected) = size.filter(|&size| size != stored) {
+            return Err(Error::SourceSize {
+                expected,
+                found: stored,
+            });
+        }
         let digest = hasher.finish();
         if self.has_object(&digest)? {
             return Ok((digest, ImportMethod::Existing));

@@ -8,6 +8,7 @@
 #![deny(missing_docs, clippy::print_stdout, clippy::print_stderr)]
 
 pub mod catalog;
+pub mod cstor;
 pub mod fetch;
 pub mod merge;
 pub mod pull;

@@ -16,10 +16,11 @@ use cfs_images::splitstream::{
 use cfs_images::Repository;
 use oci_spec::image::ImageConfiguration;
 
+use crate::cstor::{CstorError, ImportStats};
 use crate::fetch::{FetchError, FetchOptions, FetchStats, Source};
 use crate::merge::{merge_layers, Departure, MergeError};
 use crate::read_ahead::read_ahead;
-use crate::tar::{layer_entries, split_layer, TarError};
+use crate::tar::{layer_entries, split_input, split_layer, TarError};
 
 /// What can stop a pull.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +38,10 @@ pub enum PullError {
         #[source]
         source: TarError,
     },
+    /// A layer rebuilt from a containers-storage store that is not the
+    /// layer its image names.
+    #[error(transparent)]
+    Store(#[from] CstorError),
     /// Layers that do not merge into a tree.
     #[error(transparent)]
     Merge(#[from] MergeError),
@@ -66,6 +71,9 @@ pub struct PullReport<H> {
     pub layers_present: usize,
     /// Everything fetched from the source, counted.
     pub fetched: FetchStats,
+    /// For an image read straight from a containers-storage store: how
+    /// the files of its new layers got into the repository.
+    pub store_import: Option<ImportStats>,
     /// The plain EROFS image.
     pub image: H,
     /// The boot EROFS image, or why there is none.
@@ -156,14 +164,15 @@ impl<H: FsVerityDigest> cfs_boot::ContentSource<H> for RepoContent<'_, H> {
 }
 
 /// Fetches one layer, splits it into the repository and stores its
-/// stream under its diff_id.
+/// stream under its diff_id; for a layer of a containers-storage store,
+/// also says how its files were stored.
 fn import_layer<H: FsVerityDigest>(
     repo: &Repository<H>,
     source: &Source,
     descriptor: &oci_spec::image::Descriptor,
     diff_id: &str,
     progress: &dyn PullProgress,
-) -> Result<H, PullError> {
+) -> Result<(H, Option<ImportStats>), PullError> {
     let expected: oci_spec::image::Digest = diff_id
         .parse()
         .map_err(|e| PullError::Config(format!("diff_id {diff_id}: {e}")))?;
@@ -171,20 +180,37 @@ fn import_layer<H: FsVerityDigest>(
         diff_id,
         size: descriptor.size(),
     });
-    let tar = source.open_layer_tar_observed(descriptor, &expected, |bytes| {
-        progress.event(PullEvent::LayerRead { diff_id, bytes })
-    })?;
-    // Decompressing and checking on one thread, splitting and hashing on
-    // this one.
-    let split = std::thread::scope(|scope| split_layer(repo, read_ahead(scope, tar))).map_err(
-        |source| PullError::Tar {
-            diff_id: diff_id.to_owned(),
-            source,
-        },
-    )?;
+    let tar_error = |source| PullError::Tar {
+        diff_id: diff_id.to_owned(),
+        source,
+    };
+    let (split, stats) = match source.open_store_layer(descriptor)? {
+        Some(mut rebuilt) => {
+            let split = split_input(repo, &mut rebuilt).map_err(tar_error)?;
+            // Nothing names the objects until the stream is written, and
+            // the stream is written only for the layer the diff_id names.
+            let stats = rebuilt.finish(expected.as_ref())?;
+            source.count_layer_bytes(stats.tar_bytes);
+            progress.event(PullEvent::LayerRead {
+                diff_id,
+                bytes: stats.tar_bytes,
+            });
+            (split, Some(stats))
+        }
+        None => {
+            let tar = source.open_layer_tar_observed(descriptor, &expected, |bytes| {
+                progress.event(PullEvent::LayerRead { diff_id, bytes })
+            })?;
+            // Decompressing and checking on one thread, splitting and
+            // hashing on this one.
+            let split = std::thread::scope(|scope| split_layer(repo, read_ahead(scope, tar)))
+                .map_err(tar_error)?;
+            (split, None)
+        }
+    };
     let stream = repo.write_stream(&layer_id(diff_id), &split.stream_bytes, None)?;
     progress.event(PullEvent::LayerDone { diff_id });
-    Ok(stream)
+    Ok((stream, stats))
 }
 
 /// The plain and boot images of an image whose manifest and config are
@@ -210,6 +236,7 @@ fn stored_images<H: FsVerityDigest>(
                 .copied()
                 .ok_or_else(|| "not generated when first pulled".to_owned()),
             layers_fetched: 0,
+            store_import: None,
             departures: Vec::new(),
         }))
 }
@@ -269,6 +296,7 @@ pub fn pull<H: FsVerityDigest>(
         layers_fetched: imported.layers_fetched,
         layers_present: layer_count - imported.layers_fetched,
         fetched: source.stats(),
+        store_import: imported.store_import,
         image: imported.image,
         boot_image: imported.boot_image,
         departures: imported.departures,
@@ -281,6 +309,7 @@ struct Imported<H> {
     image: H,
     boot_image: Result<H, String>,
     layers_fetched: usize,
+    store_import: Option<ImportStats>,
     departures: Vec<Departure>,
 }
 
@@ -352,8 +381,13 @@ fn import<H: FsVerityDigest>(
         .unwrap_or_else(|poisoned| poisoned.into_inner());
     // The first failing layer in image order is the one reported.
     imported.sort_by_key(|(index, _)| *index);
+    let mut store_import: Option<ImportStats> = None;
     for (index, result) in imported {
-        layer_streams[index] = Some(result?);
+        let (stream, stats) = result?;
+        if let Some(stats) = stats {
+            store_import.get_or_insert_default().add(&stats);
+        }
+        layer_streams[index] = Some(stream);
     }
     let layer_streams: Vec<H> = layer_streams.into_iter().flatten().collect();
     if layer_streams.len() != diff_ids.len() {
@@ -426,6 +460,7 @@ fn import<H: FsVerityDigest>(
         image,
         boot_image,
         layers_fetched: missing.len(),
+        store_import,
         departures: merged.departures,
     })
 }

@@ -32,6 +32,7 @@ use cfs_images::splitstream::{ContentType, SplitStreamError};
 
 use header::{Header, Kind};
 pub use read::{layer_entries, LayerEntries};
+pub(crate) use split::{split_input, BodyFailure, BodyFailureKind, TarInput};
 pub use split::{split_layer, SplitLayer};
 
 /// Regular files up to this size are kept inside the split stream.

@@ -87,6 +87,8 @@ pub fn run<H: FsVerityDigest>(args: &Args, command: &ImageCommand) -> Result<()>
             name,
             platform,
             insecure_registry,
+            storage_root,
+            via_skopeo,
         } => {
             if let Some(ostree) = reference.strip_prefix("ostree:") {
                 if platform.is_some() || *insecure_registry {
@@ -97,6 +99,8 @@ pub fn run<H: FsVerityDigest>(args: &Args, command: &ImageCommand) -> Result<()>
             let repo = open_repo::<H>(args)?;
             let mut options = cfs_oci::fetch::FetchOptions::default();
             options.insecure_tls = *insecure_registry;
+            options.storage_root = storage_root.clone();
+            options.via_skopeo = *via_skopeo;
             options.platform = platform
                 .as_deref()
                 .map(str::parse)
@@ -124,6 +128,16 @@ pub fn run<H: FsVerityDigest>(args: &Args, command: &ImageCommand) -> Result<()>
                         "layers": fetched.layers,
                         "layerBytes": fetched.layer_bytes,
                     },
+                    "storeImport": report.store_import.map(|s| serde_json::json!({
+                        "reflinkedFiles": s.reflinked_files,
+                        "reflinkedBytes": s.reflinked_bytes,
+                        "copiedFiles": s.copied_files,
+                        "copiedBytes": s.copied_bytes,
+                        "existingFiles": s.existing_files,
+                        "existingBytes": s.existing_bytes,
+                        "inlineBytes": s.inline_bytes,
+                        "tarBytes": s.tar_bytes,
+                    })),
                     "image": report.image.to_hex(),
                     "bootImage": report.boot_image.as_ref().ok().map(|d| d.to_hex()),
                     "departures": report.departures.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
@@ -142,6 +156,18 @@ pub fn run<H: FsVerityDigest>(args: &Args, command: &ImageCommand) -> Result<()>
                     "fetched {} documents, {} layer blobs, {} bytes",
                     fetched.documents, fetched.layers, fetched.layer_bytes
                 );
+                if let Some(s) = &report.store_import {
+                    println!(
+                        "files reflinked {} ({} bytes), copied {} ({} bytes), already stored {} ({} bytes), inline {} bytes",
+                        s.reflinked_files,
+                        s.reflinked_bytes,
+                        s.copied_files,
+                        s.copied_bytes,
+                        s.existing_files,
+                        s.existing_bytes,
+                        s.inline_bytes
+                    );
+                }
                 println!("image {}", report.image.to_hex());
                 println!("boot image {boot}");
                 for departure in &report.departures {

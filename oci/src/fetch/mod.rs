@@ -43,6 +43,7 @@ mod ocidir;
 pub mod platform;
 mod proxy;
 pub mod reference;
+mod storage;
 pub mod verify;
 
 use std::io::Read;
@@ -204,6 +205,9 @@ pub enum FetchError {
         #[source]
         source: std::io::Error,
     },
+    /// Reading an image from a containers-storage store.
+    #[error(transparent)]
+    Store(#[from] crate::cstor::CstorError),
     /// The task streaming a blob from skopeo ended without a word.
     #[error("the task fetching a blob from skopeo ended unexpectedly")]
     ProxyTaskLost,
@@ -222,6 +226,12 @@ pub struct FetchOptions {
     /// How many layers may stream from skopeo at once (one proxy process
     /// each). Defaults to the number of CPUs.
     pub max_parallel: NonZeroUsize,
+    /// The containers-storage graphroot for `containers-storage:`
+    /// references that name none; `storage.conf`'s if `None`.
+    pub storage_root: Option<PathBuf>,
+    /// Read `containers-storage:` through skopeo rather than straight
+    /// from the store.
+    pub via_skopeo: bool,
 }
 
 impl Default for FetchOptions {
@@ -232,6 +242,8 @@ impl Default for FetchOptions {
             max_parallel: std::thread::available_parallelism()
                 .unwrap_or(NonZeroUsize::MIN)
                 .saturating_mul(NonZeroUsize::new(3).unwrap()),
+            storage_root: None,
+            via_skopeo: false,
         }
     }
 }
@@ -272,6 +284,7 @@ pub type LayerTar<'a> = VerifyingReader<Box<dyn Read + Send + 'a>>;
 enum Backend {
     Layout(ocidir::Layout),
     Skopeo(proxy::ProxySource),
+    Store(storage::StoreSource),
 }
 
 /// An opened image: manifest and index fetched and verified; config and
@@ -369,6 +382,14 @@ impl Source {
         let wanted = options.platform.clone().unwrap_or_else(Platform::host);
         let (backend, manifest, index) = match &reference {
             ImageReference::OciDir { path, tag } => open_layout(path, tag.as_deref(), &wanted)?,
+            ImageReference::Skopeo {
+                transport: Transport::ContainersStorage,
+                reference,
+            } if !options.via_skopeo => {
+                let details = &reference[Transport::ContainersStorage.prefix().len()..];
+                let (store, manifest) = storage::StoreSource::open(details, options)?;
+                (Backend::Store(store), manifest, None)
+            }
             ImageReference::Skopeo { reference, .. } => open_skopeo(reference, options, &wanted)?,
         };
         let documents = 1 + u64::from(index.is_some());
@@ -410,6 +431,7 @@ impl Source {
         let raw = match &self.backend {
             Backend::Layout(layout) => layout.read_blob(manifest.config())?,
             Backend::Skopeo(proxy) => proxy.fetch_config(manifest, self.manifest.converted)?,
+            Backend::Store(store) => store.config(manifest)?,
         };
         self.counters.documents.fetch_add(1, Ordering::Relaxed);
         let config = checked_config(manifest, raw)?;
@@ -447,6 +469,7 @@ impl Source {
         Ok(match &self.backend {
             Backend::Layout(_) => (descriptor, true),
             Backend::Skopeo(proxy) => proxy.served(descriptor),
+            Backend::Store(store) => store.served(&self.manifest.manifest, descriptor),
         })
     }
 
@@ -461,6 +484,9 @@ impl Source {
         let inner = match &self.backend {
             Backend::Layout(layout) => layout.open_blob(served)?,
             Backend::Skopeo(proxy) => Box::new(proxy.open_blob(served, size_known)?),
+            Backend::Store(store) => {
+                Box::new(store.open_layer(&self.manifest.manifest, descriptor)?)
+            }
         };
         self.counters.layers.fetch_add(1, Ordering::Relaxed);
         let counters = Arc::clone(&self.counters);
@@ -477,6 +503,32 @@ impl Source {
                 source,
             }
         })
+    }
+
+    /// For an image read straight from a containers-storage store: the
+    /// layer's tar, rebuilt so that its files can be reflinked rather
+    /// than read as bytes. The caller must check it with
+    /// [`RebuiltLayer::finish`] against the diff_id before using what it
+    /// stored. `None` for every other source.
+    ///
+    /// [`RebuiltLayer::finish`]: crate::cstor::RebuiltLayer::finish
+    pub fn open_store_layer(
+        &self,
+        descriptor: &Descriptor,
+    ) -> Result<Option<crate::cstor::RebuiltLayer>, FetchError> {
+        let Backend::Store(store) = &self.backend else {
+            return Ok(None);
+        };
+        let layer = store.open_layer(&self.manifest.manifest, descriptor)?;
+        self.counters.layers.fetch_add(1, Ordering::Relaxed);
+        Ok(Some(layer))
+    }
+
+    /// Counts `bytes` of layers read outside [`Source::open_layer`].
+    pub fn count_layer_bytes(&self, bytes: u64) {
+        self.counters
+            .layer_bytes
+            .fetch_add(bytes, Ordering::Relaxed);
     }
 
     /// Streams a layer as its uncompressed tar, checked against `diff_id`

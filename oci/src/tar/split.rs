@@ -33,29 +33,79 @@ pub struct SplitLayer {
     pub size: u64,
 }
 
-/// Hashes and counts everything read through it.
-struct Counting<R> {
-    inner: R,
-    count: u64,
+/// Where the bytes of a tar being split come from: a plain byte stream
+/// ([`split_layer`]), or a layer rebuilt from a container store, which
+/// can hand over a file body as a file rather than as bytes.
+pub(crate) trait TarInput {
+    /// Reads the next bytes of the tar; `Ok(0)` at its end.
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize>;
+
+    /// Stores the next `size` bytes of the tar, a file's body, as an
+    /// object of `repo`.
+    fn store_body<H: FsVerityDigest>(
+        &mut self,
+        repo: &Repository<H>,
+        size: u64,
+    ) -> Result<H, BodyFailure>;
 }
 
-impl<R: Read> Read for Counting<R> {
+/// Why a file body could not be stored whole, after `read` of its bytes.
+pub(crate) struct BodyFailure {
+    /// Bytes of the body consumed before the failure.
+    pub read: u64,
+    /// What went wrong.
+    pub kind: BodyFailureKind,
+}
+
+/// What stopped a file body.
+pub(crate) enum BodyFailureKind {
+    /// The tar ended inside it.
+    Eof,
+    /// Reading failed.
+    Read(io::Error),
+    /// The repository refused the object.
+    Store(cfs_images::Error),
+}
+
+/// A plain tar byte stream, read through a buffer.
+struct Stream<R>(BufReader<R>);
+
+impl<R: Read> TarInput for Stream<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.count += n as u64;
-        Ok(n)
+        self.0.read(buf)
+    }
+
+    fn store_body<H: FsVerityDigest>(
+        &mut self,
+        repo: &Repository<H>,
+        size: u64,
+    ) -> Result<H, BodyFailure> {
+        let mut body = Body {
+            input: &mut self.0,
+            left: size,
+            failure: None,
+        };
+        let stored = repo.ensure_object_from_reader(&mut body);
+        let (read, failure) = (size - body.left, body.failure);
+        if let Some(kind) = failure {
+            return Err(BodyFailure { read, kind });
+        }
+        stored.map_err(|e| BodyFailure {
+            read,
+            kind: BodyFailureKind::Store(e),
+        })
     }
 }
 
 /// The tar being split and the stream being written.
-struct Splitter<R, H: FsVerityDigest> {
-    input: BufReader<Counting<R>>,
+struct Splitter<'a, I, H: FsVerityDigest> {
+    input: &'a mut I,
     writer: SplitStreamWriter<H>,
     /// Bytes consumed from the tar.
     offset: u64,
 }
 
-impl<R: Read, H: FsVerityDigest> Splitter<R, H> {
+impl<I: TarInput, H: FsVerityDigest> Splitter<'_, I, H> {
     /// Reads until `buf` is full or the tar ends; returns the count.
     fn fill(&mut self, buf: &mut [u8]) -> Result<usize, TarError> {
         let mut filled = 0;
@@ -90,36 +140,33 @@ impl<R: Read, H: FsVerityDigest> Splitter<R, H> {
         Ok(())
     }
 
-    /// Streams a file body of `size` bytes into an object and refers to
-    /// it from the stream.
+    /// Stores a file body of `size` bytes as an object and refers to it
+    /// from the stream.
     fn external(&mut self, repo: &Repository<H>, size: u64, path: &[u8]) -> Result<(), TarError> {
-        let start = self.offset;
-        let mut body = Body {
-            input: &mut self.input,
-            left: size,
-            failure: None,
-        };
-        let stored = repo.ensure_object_from_reader(&mut body);
-        let (left, failure) = (body.left, body.failure);
-        self.offset = start + (size - left);
-        if let Some(failure) = failure {
-            return Err(match failure {
-                BodyFailure::Eof => TarError::Truncated {
-                    offset: self.offset,
-                    what: "the content of a file",
-                },
-                BodyFailure::Read(source) => TarError::Read {
-                    offset: self.offset,
-                    source,
-                },
-            });
+        match self.input.store_body(repo, size) {
+            Ok(digest) => {
+                self.offset += size;
+                self.writer.write_external(digest, size);
+                Ok(())
+            }
+            Err(BodyFailure { read, kind }) => {
+                self.offset += read;
+                Err(match kind {
+                    BodyFailureKind::Eof => TarError::Truncated {
+                        offset: self.offset,
+                        what: "the content of a file",
+                    },
+                    BodyFailureKind::Read(source) => TarError::Read {
+                        offset: self.offset,
+                        source,
+                    },
+                    BodyFailureKind::Store(source) => TarError::Store {
+                        path: shown(path),
+                        source: Box::new(source),
+                    },
+                })
+            }
         }
-        let digest = stored.map_err(|source| TarError::Store {
-            path: shown(path),
-            source: Box::new(source),
-        })?;
-        self.writer.write_external(digest, size);
-        Ok(())
     }
 
     /// Keeps everything after the end-of-archive marker inline.
@@ -142,7 +189,7 @@ impl<R: Read, H: FsVerityDigest> Splitter<R, H> {
     }
 }
 
-impl<R: Read, H: FsVerityDigest> Blocks for Splitter<R, H> {
+impl<I: TarInput, H: FsVerityDigest> Blocks for Splitter<'_, I, H> {
     fn next_block(&mut self, block: &mut [u8; BLOCK]) -> Result<bool, TarError> {
         match self.fill(block)? {
             0 => Ok(false),
@@ -162,18 +209,12 @@ impl<R: Read, H: FsVerityDigest> Blocks for Splitter<R, H> {
     }
 }
 
-/// Why a file body could not be read whole.
-enum BodyFailure {
-    Eof,
-    Read(io::Error),
-}
-
 /// The next `left` bytes of the tar, failing at an early end so that a
 /// short body is never stored as if complete.
 struct Body<'a, R> {
-    input: &'a mut BufReader<Counting<R>>,
+    input: &'a mut BufReader<R>,
     left: u64,
-    failure: Option<BodyFailure>,
+    failure: Option<BodyFailureKind>,
 }
 
 impl<R: Read> Read for Body<'_, R> {
@@ -184,7 +225,7 @@ impl<R: Read> Read for Body<'_, R> {
         let want = usize::try_from(self.left).map_or(buf.len(), |left| left.min(buf.len()));
         match self.input.read(&mut buf[..want]) {
             Ok(0) => {
-                self.failure = Some(BodyFailure::Eof);
+                self.failure = Some(BodyFailureKind::Eof);
                 Err(io::ErrorKind::UnexpectedEof.into())
             }
             Ok(n) => {
@@ -194,7 +235,7 @@ impl<R: Read> Read for Body<'_, R> {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => Err(e),
             Err(e) => {
                 let kind = e.kind();
-                self.failure = Some(BodyFailure::Read(e));
+                self.failure = Some(BodyFailureKind::Read(e));
                 Err(kind.into())
             }
         }
@@ -217,14 +258,16 @@ pub fn split_layer<H: FsVerityDigest>(
     repo: &Repository<H>,
     tar: impl Read,
 ) -> Result<SplitLayer, TarError> {
+    split_input(repo, &mut Stream(BufReader::with_capacity(256 << 10, tar)))
+}
+
+/// [`split_layer`] for any [`TarInput`].
+pub(crate) fn split_input<H: FsVerityDigest, I: TarInput>(
+    repo: &Repository<H>,
+    input: &mut I,
+) -> Result<SplitLayer, TarError> {
     let mut splitter = Splitter {
-        input: BufReader::with_capacity(
-            256 << 10,
-            Counting {
-                inner: tar,
-                count: 0,
-            },
-        ),
+        input,
         writer: SplitStreamWriter::<H>::new(ContentType::OCI_LAYER),
         offset: 0,
     };
@@ -251,9 +294,8 @@ pub fn split_layer<H: FsVerityDigest>(
             Event::Eof => break,
         }
     }
-    let Splitter { input, writer, .. } = splitter;
     Ok(SplitLayer {
-        stream_bytes: writer.finish(),
-        size: input.into_inner().count,
+        stream_bytes: splitter.writer.finish(),
+        size: splitter.offset,
     })
 }
