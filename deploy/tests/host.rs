@@ -2,16 +2,26 @@
 //! --check`, `upgrade` (with the /etc 3-way merge and the kernel
 //! arguments carried over), `rollback` twice, `switch`, `gc`; the ESP
 //! read by systemd-boot's own parser (`bootctl list`) after each step;
-//! `upgrade` killed at random moments; and `install to-disk` read back
-//! from the disk image.
+//! the /etc merge's metadata (owners, modes, xattrs, SELinux labels) and
+//! conflicts; every state-changing command (`upgrade`, `switch`,
+//! `rollback`, `pin`, `finalize`, `gc`, `install to-filesystem`) killed
+//! at random moments, and `finalize` before each of its steps (strace
+//! fault injection), with one check of what must survive; and `install
+//! to-disk` read back from the disk image.
 //!
 //! Root is needed (owners in /etc, tmpfs for bootctl, loop mounts):
 //! without it the tests say so and skip.
 
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
+use cfs_erofs::digest::{FsVerityDigest, Sha512Digest};
+use cfs_erofs::fsverity::FsVerityHasher;
+use cfs_erofs::tree::{LeafContent, RegularFile};
 use cfs_tests::oci_layout::{tar_archive, write_layout, ImageSpec, LayerBlob, LayerSpec};
 use common::{assert_clean, is_root, ok, output, Tmpfs, OURS};
 use rand::Rng;
@@ -52,10 +62,133 @@ fn sample(version: &str, kernel: &[u8]) -> Vec<LayerSpec> {
         ("var/lib/", b""),
         ("var/lib/seeded", b"from the first image\n"),
     ]);
-    vec![LayerSpec {
-        tar: base,
-        blob: LayerBlob::Gzip,
-    }]
+    vec![
+        LayerSpec {
+            tar: base,
+            blob: LayerBlob::Gzip,
+        },
+        LayerSpec {
+            tar: etc_layer(version, None),
+            blob: LayerBlob::Gzip,
+        },
+    ]
+}
+
+/// A file capability (`security.capability`, one of the xattrs an OCI
+/// image keeps): `cap_net_bind_service` in version 1, `cap_net_raw` after.
+fn capability(version: &str) -> [u8; 20] {
+    let mut data = [0u8; 20];
+    // VFS_CAP_REVISION_2 | VFS_CAP_FLAGS_EFFECTIVE
+    data[..4].copy_from_slice(&0x0200_0001u32.to_le_bytes());
+    let bit = if version == "1" { 10 } else { 13 };
+    data[4..8].copy_from_slice(&(1u32 << bit).to_le_bytes());
+    data
+}
+
+/// The part of the sample's /etc with metadata beyond contents: a SELinux
+/// policy (whose label for `labelled.conf` changes with the version),
+/// owners, modes and file capabilities (`owned.conf`'s change after
+/// version 1), a symlink, and `conf.d`: a directory, or when `conf_d` is given a
+/// symlink to it (a hostile image).
+fn etc_layer(version: &str, conf_d: Option<&Path>) -> Vec<u8> {
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut add = |path: &str,
+                   kind: tar::EntryType,
+                   (mode, gid): (u32, u64),
+                   content: &[u8],
+                   xattrs: &[(&str, &[u8])]| {
+        if !xattrs.is_empty() {
+            let records: Vec<(String, &[u8])> = xattrs
+                .iter()
+                .map(|(k, v)| (format!("SCHILY.xattr.{k}"), *v))
+                .collect();
+            tar.append_pax_extensions(records.iter().map(|(k, v)| (k.as_str(), *v)))
+                .unwrap();
+        }
+        let mut header = tar::Header::new_ustar();
+        header.set_entry_type(kind);
+        header.set_mtime(1_700_000_000);
+        header.set_uid(0);
+        header.set_gid(gid);
+        header.set_mode(mode);
+        if kind == tar::EntryType::Symlink {
+            header.set_size(0);
+            tar.append_link(&mut header, path, OsStr::from_bytes(content))
+                .unwrap();
+        } else {
+            header.set_size(content.len() as u64);
+            tar.append_data(&mut header, path, content).unwrap();
+        }
+    };
+    let (dir, file, link) = (
+        tar::EntryType::Directory,
+        tar::EntryType::Regular,
+        tar::EntryType::Symlink,
+    );
+    let contexts = format!(
+        "/.*\tsystem_u:object_r:default_t:s0\n/etc(/.*)?\tsystem_u:object_r:etc_t:s0\n\
+         /etc/labelled\\.conf\tsystem_u:object_r:labelled_v{version}_t:s0\n"
+    );
+    for path in [
+        "etc/selinux/",
+        "etc/selinux/sample/",
+        "etc/selinux/sample/contexts/",
+        "etc/selinux/sample/contexts/files/",
+    ] {
+        add(path, dir, (0o755, 0), b"", &[]);
+    }
+    add(
+        "etc/selinux/config",
+        file,
+        (0o644, 0),
+        b"SELINUX=enforcing\nSELINUXTYPE=sample\n",
+        &[],
+    );
+    add(
+        "etc/selinux/sample/contexts/files/file_contexts",
+        file,
+        (0o644, 0),
+        contexts.as_bytes(),
+        &[],
+    );
+    let owned = if version == "1" {
+        (0o640, 42)
+    } else {
+        (0o600, 43)
+    };
+    add(
+        "etc/owned.conf",
+        file,
+        owned,
+        b"owned\n",
+        &[("security.capability", &capability(version))],
+    );
+    add("etc/labelled.conf", file, (0o644, 0), b"labelled\n", &[]);
+    add("etc/mine.conf", file, (0o644, 0), b"image\n", &[]);
+    add(
+        "etc/relabelled.conf",
+        file,
+        (0o644, 0),
+        b"relabel me\n",
+        &[],
+    );
+    let both = format!("both in {version}\n");
+    add("etc/both.conf", file, (0o644, 0), both.as_bytes(), &[]);
+    add("etc/link", link, (0o777, 0), b"owned.conf", &[]);
+    match conf_d {
+        None => {
+            add("etc/conf.d/", dir, (0o755, 0), b"", &[]);
+            add("etc/conf.d/a.conf", file, (0o644, 0), b"a\n", &[]);
+        }
+        Some(target) => add(
+            "etc/conf.d",
+            link,
+            (0o777, 0),
+            target.as_os_str().as_bytes(),
+            &[],
+        ),
+    }
+    tar.into_inner().unwrap()
 }
 
 /// `install to-filesystem ROOT --esp ESP` of `source`, insecure, with
@@ -233,7 +366,8 @@ fn install_upgrade_rollback_switch_gc() {
     let check: serde_json::Value =
         serde_json::from_str(&ok(&mut fx.ours(&["--json", "upgrade", "--check"]))).unwrap();
     assert_eq!(check["update"], true, "{check}");
-    assert_eq!(check["layersToFetch"], 1, "{check}");
+    // The base and the /etc layer both differ between versions.
+    assert_eq!(check["layersToFetch"], 2, "{check}");
     assert_eq!(fx.order().len(), 1);
 
     ok(&mut fx.ours(&["--quiet", "upgrade"]));
@@ -329,25 +463,247 @@ fn install_upgrade_rollback_switch_gc() {
     assert!(String::from_utf8_lossy(&refused.stderr).contains("failed to boot"));
 }
 
-/// Every entry names a complete deployment: its boot image in the
-/// repository and its state with origin and /etc.
-fn assert_entries_complete(fx: &Fixture, when: &str) -> Vec<String> {
+/// What every interruption must leave: each entry (staged ones too)
+/// names a deployment whose boot image is complete in the repository (its
+/// bytes have the digest it is named by, our reader parses it, every
+/// object it names is there) and whose state has an origin, an `/etc` and
+/// the shared `/var`; each Type 1 entry's kernel and initramfs are on the
+/// ESP; `previous` (the default before) is still in the menu; fsck is
+/// clean. Returns the ids in boot order.
+fn assert_host_sound(fx: &Fixture, previous: Option<&str>, when: &str) -> Vec<String> {
+    let repo = fx.root.join("composefs");
+    if previous.is_none() && !repo.join("meta.json").exists() {
+        // An installation cut short before the repository was made.
+        let entries = fx.esp.join("loader/entries");
+        let count = std::fs::read_dir(&entries).map_or(0, |d| d.count());
+        assert_eq!(count, 0, "{when}: entries without a repository");
+        return Vec::new();
+    }
     let status = fx.status();
     let mut ids = Vec::new();
     for d in status["deployments"].as_array().unwrap() {
         let id = d["id"].as_str().unwrap();
-        assert!(
-            fx.root.join("composefs/images").join(id).exists(),
-            "{when}: entry names missing image {id}"
+        let bytes = std::fs::read(repo.join("images").join(id))
+            .unwrap_or_else(|e| panic!("{when}: entry names missing image {id}: {e}"));
+        assert_eq!(
+            FsVerityHasher::<Sha512Digest>::digest(&bytes).to_hex(),
+            id,
+            "{when}: image {id} has other content"
         );
+        let image = cfs_erofs::reader::read_image::<Sha512Digest>(&bytes)
+            .unwrap_or_else(|e| panic!("{when}: image {id} does not parse: {e}"));
+        for leaf in &image.fs.leaves {
+            if let LeafContent::Regular(RegularFile::External { digest, size }) = &leaf.content {
+                let object = repo.join("objects").join(digest.object_pathname());
+                let found = std::fs::metadata(&object).map(|m| m.len());
+                assert_eq!(found.ok(), Some(*size), "{when}: image {id}: {object:?}");
+            }
+        }
         let state = fx.root.join("state/deploy").join(id);
         assert!(
-            state.join("origin").exists() && state.join("etc").is_dir(),
-            "{when}: {id}"
+            state.join("origin").is_file() && state.join("etc").is_dir(),
+            "{when}: state of {id} incomplete"
         );
+        assert!(state.join("var").is_dir(), "{when}: {id} has no /var");
+        let entry = std::fs::read_to_string(fx.esp.join(d["entry"].as_str().unwrap()))
+            .unwrap_or_else(|e| panic!("{when}: entry of {id}: {e}"));
+        for line in entry.lines() {
+            if let Some(file) = line
+                .strip_prefix("linux ")
+                .or_else(|| line.strip_prefix("initrd "))
+            {
+                let path = fx.esp.join(file.trim().trim_start_matches('/'));
+                assert!(path.is_file(), "{when}: {id}'s entry names missing {file}");
+            }
+        }
         ids.push(id.to_owned());
     }
+    if let Some(previous) = previous {
+        assert!(
+            status["deployments"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|d| d["id"] == previous && !d["roles"].to_string().contains("staged")),
+            "{when}: the previous default {previous} is not in the menu: {status:#}"
+        );
+    }
+    assert_clean(&repo, when);
     ids
+}
+
+impl Fixture {
+    /// Copies the host (root and ESP) aside, to start each kill from.
+    fn save(&self, name: &str) -> PathBuf {
+        let saved = self.work.path().join(format!("saved-{name}"));
+        std::fs::create_dir(&saved).unwrap();
+        for (from, to) in [(&self.root, "root"), (&self.esp, "esp")] {
+            ok(Command::new("cp")
+                .arg("-a")
+                .arg(format!("{}/.", from.display()))
+                .arg(saved.join(to)));
+        }
+        saved
+    }
+
+    /// Puts back the host saved as `saved`.
+    fn restore(&self, saved: &Path) {
+        for (to, from) in [(&self.root, "root"), (&self.esp, "esp")] {
+            ok(Command::new("sh").arg("-c").arg(format!(
+                "rm -rf '{0}'/* '{0}'/.[!.]* && cp -a '{1}'/. '{0}'/",
+                to.display(),
+                saved.join(from).display()
+            )));
+        }
+    }
+}
+
+/// Runs `command` from the host saved as `saved` once to time it, then
+/// `runs` times killed at a random moment of that time, each from the
+/// saved host: after each kill the host must be sound with the
+/// `previous` default, a rerun must succeed, and `finished` must hold
+/// after it. Returns how many kills landed while the command ran.
+fn kill_anywhere(
+    fx: &Fixture,
+    saved: &Path,
+    command: &dyn Fn() -> Command,
+    previous: Option<&str>,
+    runs: usize,
+    finished: &dyn Fn(&[String], &str),
+) -> usize {
+    fx.restore(saved);
+    let start = Instant::now();
+    ok(&mut command());
+    let full = start.elapsed();
+    finished(
+        &assert_host_sound(fx, previous, "uninterrupted"),
+        "uninterrupted",
+    );
+    let name = format!("{:?}", command().get_args().collect::<Vec<_>>());
+    let mut rng = common::rng(7);
+    let mut interrupted = 0;
+    for run in 0..runs {
+        fx.restore(saved);
+        let delay = full.mul_f64(rng.random_range(0.0..1.0));
+        let mut child = command()
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(delay);
+        let killed = child.try_wait().unwrap().is_none();
+        let _ = child.kill();
+        let _ = child.wait();
+        interrupted += usize::from(killed);
+        let when = format!("{name}, run {run}, killed after {delay:?}");
+        assert_host_sound(fx, previous, &when);
+        ok(&mut command());
+        let when = format!("{when}, then rerun");
+        finished(&assert_host_sound(fx, previous, &when), &when);
+    }
+    println!(
+        "{name} ({full:?} uninterrupted) killed during the run {interrupted} of {runs} times; \
+         every time the host stayed sound and a rerun finished"
+    );
+    interrupted
+}
+
+/// The system calls that change a host's files (and make the changes
+/// durable): [`kill_at_each_step`] kills a command on entry to each.
+const STEPS: &[&str] = &[
+    "rename",
+    "renameat",
+    "renameat2",
+    "unlink",
+    "unlinkat",
+    "rmdir",
+    "mkdir",
+    "mkdirat",
+    "linkat",
+    "symlinkat",
+    "fsync",
+    "fdatasync",
+];
+
+/// Like [`kill_anywhere`], but deterministic: `command` is traced once to
+/// count its [`STEPS`], then killed by strace on entry to each of them in
+/// turn (before the step takes effect), each time from the saved host.
+/// Every rename is tried; a call made many times (an fsync per file, an
+/// unlink per file of a tree) at its first, last and two middle
+/// occurrences, to keep the time reasonable. Returns how many steps were
+/// tried; `None` without strace.
+fn kill_at_each_step(
+    fx: &Fixture,
+    saved: &Path,
+    command: &dyn Fn() -> Command,
+    previous: Option<&str>,
+    finished: &dyn Fn(&[String], &str),
+) -> Option<usize> {
+    if Command::new("strace").arg("-V").output().is_err() {
+        println!("SKIPPED killing at each step: strace is not installed");
+        return None;
+    }
+    let traced = |extra: &[String]| {
+        let inner = command();
+        let mut cmd = Command::new("strace");
+        cmd.args(["-f", "-qq", "-e"])
+            .arg(format!("trace={}", STEPS.join(",")))
+            .args(extra)
+            .arg(inner.get_program())
+            .args(inner.get_args())
+            .stdout(std::process::Stdio::null());
+        cmd
+    };
+    fx.restore(saved);
+    let log = fx.work.path().join("strace.log");
+    ok(&mut traced(&["-o".into(), log.display().to_string()]));
+    let mut counts = std::collections::BTreeMap::<String, usize>::new();
+    for line in std::fs::read_to_string(&log).unwrap().lines() {
+        // "PID name(args) = result", or "PID <... name resumed>".
+        let call = line.split_once(' ').map_or(line, |(_, rest)| rest);
+        if let Some((name, _)) = call.split_once('(') {
+            if STEPS.contains(&name) {
+                *counts.entry(name.to_owned()).or_default() += 1;
+            }
+        }
+    }
+    let name = format!("{:?}", command().get_args().collect::<Vec<_>>());
+    let mut tried = 0;
+    for (call, &count) in &counts {
+        let mut chosen: Vec<usize> = if call.starts_with("rename") || count <= 4 {
+            (1..=count).collect()
+        } else {
+            vec![1, count / 3 + 1, 2 * count / 3 + 1, count]
+        };
+        chosen.dedup();
+        for nth in chosen {
+            fx.restore(saved);
+            let out = output(&mut traced(&[
+                "-o".into(),
+                "/dev/null".into(),
+                "-e".into(),
+                format!("inject={call}:signal=KILL:when={nth}"),
+            ]));
+            let when = format!("{name}, killed before {call} #{nth}");
+            assert!(!out.status.success(), "{when}: not killed");
+            assert_host_sound(fx, previous, &when);
+            ok(&mut command());
+            let when = format!("{when}, then rerun");
+            finished(&assert_host_sound(fx, previous, &when), &when);
+            tried += 1;
+        }
+    }
+    println!(
+        "{name} killed before {tried} of its steps ({counts:?} in all); the host stayed sound"
+    );
+    Some(tried)
+}
+
+fn first_id(fx: &Fixture) -> String {
+    fx.status()["deployments"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
 }
 
 #[test]
@@ -356,59 +712,175 @@ fn upgrade_killed_anywhere_leaves_the_previous_deployment() {
         return;
     };
     fx.install();
-    let v1 = assert_entries_complete(&fx, "after install")[0].clone();
-    // A pristine copy of the host to restore before each attempt.
-    let saved = fx.work.path().join("saved");
-    std::fs::create_dir(&saved).unwrap();
-    ok(Command::new("cp")
-        .arg("-a")
-        .arg(&fx.root)
-        .arg(saved.join("root")));
-    ok(Command::new("cp")
-        .arg("-a")
-        .arg(&fx.esp)
-        .arg(saved.join("esp")));
+    let v1 = first_id(&fx);
+    let saved = fx.save("installed");
     fx.publish("2");
-    let start = Instant::now();
-    ok(&mut fx.ours(&["--quiet", "upgrade"]));
-    let full = start.elapsed();
-
-    let mut rng = common::rng(7);
-    let (mut interrupted, runs) = (0, 50);
-    for run in 0..runs {
-        for (from, to) in [(saved.join("root"), &fx.root), (saved.join("esp"), &fx.esp)] {
-            ok(Command::new("sh").arg("-c").arg(format!(
-                "rm -rf '{0}'/* && cp -a '{1}'/. '{0}'/",
-                to.display(),
-                from.display()
-            )));
-        }
-        let delay = full.mul_f64(rng.random_range(0.0..1.0));
-        let mut child = fx
-            .ours(&["--quiet", "upgrade"])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(delay);
-        let killed = child.try_wait().unwrap().is_none();
-        let _ = child.kill();
-        let _ = child.wait();
-        interrupted += usize::from(killed);
-        let when = format!("run {run}, killed after {delay:?}");
-        let ids = assert_entries_complete(&fx, &when);
-        assert!(ids.contains(&v1), "{when}: the previous deployment is gone");
-        // Finishing the interrupted upgrade works.
-        ok(&mut fx.ours(&["--quiet", "upgrade"]));
-        assert_eq!(assert_entries_complete(&fx, &when).len(), 2, "{when}");
-        assert_clean(&fx.root.join("composefs"), &when);
-    }
-    println!(
-        "upgrade ({full:?} uninterrupted) killed during the run {interrupted} of {runs} times; \
-         every time the previous deployment stayed complete and a rerun finished"
+    let runs = 50;
+    let interrupted = kill_anywhere(
+        &fx,
+        &saved,
+        &|| fx.ours(&["--quiet", "upgrade"]),
+        Some(&v1),
+        runs,
+        &|ids, when| assert_eq!(ids.len(), 2, "{when}"),
     );
     assert!(
         interrupted >= runs / 2,
         "too few kills landed: {interrupted}"
+    );
+}
+
+/// The other state-changing commands, each killed at random moments
+/// (fewer runs than `upgrade`, which does the most).
+const KILLS: usize = 12;
+
+#[test]
+fn switch_killed_anywhere_leaves_the_previous_deployment() {
+    let Some(fx) = Fixture::new("switch_killed_anywhere_leaves_the_previous_deployment") else {
+        return;
+    };
+    fx.install();
+    let v1 = first_id(&fx);
+    let saved = fx.save("installed");
+    let v3_source = format!("oci:{}:latest", fx.work.path().join("layout-3").display());
+    kill_anywhere(
+        &fx,
+        &saved,
+        &|| fx.ours(&["--quiet", "switch", &v3_source]),
+        Some(&v1),
+        KILLS,
+        &|ids, when| assert_eq!(ids.len(), 2, "{when}"),
+    );
+}
+
+#[test]
+fn rollback_and_pin_killed_anywhere_leave_both_deployments() {
+    let Some(fx) = Fixture::new("rollback_and_pin_killed_anywhere_leave_both_deployments") else {
+        return;
+    };
+    fx.install();
+    let v1 = first_id(&fx);
+    fx.publish("2");
+    ok(&mut fx.ours(&["--quiet", "upgrade"]));
+    let v2 = first_id(&fx);
+    let saved = fx.save("upgraded");
+    kill_anywhere(
+        &fx,
+        &saved,
+        &|| fx.ours(&["rollback"]),
+        Some(&v2),
+        KILLS,
+        // A rollback that finished before the kill is undone by the rerun.
+        &|ids, when| {
+            let mut both = ids.to_vec();
+            both.sort();
+            let mut expected = [v1.clone(), v2.clone()];
+            expected.sort();
+            assert_eq!(both, expected, "{when}");
+        },
+    );
+    kill_anywhere(
+        &fx,
+        &saved,
+        &|| fx.ours(&["pin", &v1]),
+        Some(&v2),
+        KILLS,
+        &|_, when| {
+            assert!(
+                fx.root
+                    .join("state/deploy")
+                    .join(&v1)
+                    .join("pinned")
+                    .exists(),
+                "{when}"
+            )
+        },
+    );
+}
+
+#[test]
+fn finalize_killed_anywhere_leaves_the_booted_default() {
+    let Some(fx) = Fixture::new("finalize_killed_anywhere_leaves_the_booted_default") else {
+        return;
+    };
+    fx.install();
+    let v1 = first_id(&fx);
+    let cmdline = fx.work.path().join("cmdline");
+    std::fs::write(&cmdline, format!("root=LABEL=sample rw composefs=?{v1}\n")).unwrap();
+    let running = |args: &[&str]| {
+        let mut cmd = fx.ours(args);
+        cmd.arg("--cmdline").arg(&cmdline);
+        cmd
+    };
+    fx.publish("2");
+    ok(&mut running(&["--quiet", "upgrade"]));
+    std::fs::write(fx.etc(&v1).join("sample.conf"), "setting=late\n").unwrap();
+    let saved = fx.save("staged");
+    let finished = |ids: &[String], when: &str| {
+        assert_eq!(ids.len(), 2, "{when}");
+        assert_ne!(ids[0], v1, "{when}: the upgrade is the default");
+        assert_eq!(
+            std::fs::read_to_string(fx.etc(&ids[0]).join("sample.conf")).unwrap(),
+            "setting=late\n",
+            "{when}"
+        );
+        let staged = fx.root.join("state/deploy").join(&ids[0]).join(".etc.new");
+        assert!(!staged.exists(), "{when}: {staged:?} left behind");
+    };
+    let finalize = || running(&["finalize"]);
+    kill_anywhere(&fx, &saved, &finalize, Some(&v1), KILLS, &finished);
+    kill_at_each_step(&fx, &saved, &finalize, Some(&v1), &finished);
+}
+
+#[test]
+fn gc_killed_anywhere_keeps_the_default_and_rollback() {
+    let Some(fx) = Fixture::new("gc_killed_anywhere_keeps_the_default_and_rollback") else {
+        return;
+    };
+    fx.install();
+    fx.publish("2");
+    ok(&mut fx.ours(&["--quiet", "upgrade"]));
+    let v2 = first_id(&fx);
+    let v3_source = format!("oci:{}:latest", fx.work.path().join("layout-3").display());
+    ok(&mut fx.ours(&["--quiet", "switch", &v3_source]));
+    let v3 = first_id(&fx);
+    assert_eq!(fx.order().len(), 3);
+    let saved = fx.save("three");
+    kill_anywhere(
+        &fx,
+        &saved,
+        &|| fx.ours(&["--quiet", "gc"]),
+        Some(&v3),
+        KILLS,
+        &|ids, when| assert_eq!(ids, [v3.clone(), v2.clone()], "{when}"),
+    );
+}
+
+#[test]
+fn install_killed_anywhere_can_be_run_again() {
+    let Some(fx) = Fixture::new("install_killed_anywhere_can_be_run_again") else {
+        return;
+    };
+    let saved = fx.save("empty");
+    kill_anywhere(
+        &fx,
+        &saved,
+        &|| {
+            let mut cmd = Command::new(OURS);
+            cmd.args(["--quiet", "install", "to-filesystem"])
+                .arg(&fx.root)
+                .arg("--esp")
+                .arg(&fx.esp)
+                .args(["--root-karg", "root=LABEL=sample", "--insecure"])
+                .args(["--source", &fx.source()]);
+            cmd
+        },
+        None,
+        KILLS,
+        &|ids, when| {
+            assert_eq!(ids.len(), 1, "{when}");
+            assert!(fx.esp.join("EFI/BOOT/BOOTX64.EFI").is_file(), "{when}");
+        },
     );
 }
 
@@ -767,4 +1239,158 @@ fn an_ostree_commit_deploys_and_upgrades_like_an_oci_image() {
     );
     ok(&mut host(&["gc"]));
     assert_clean(&root.join("composefs"), "after an ostree upgrade and gc");
+}
+
+fn xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
+    let mut value = vec![0u8; 256];
+    let len = rustix::fs::lgetxattr(path, name, &mut value).ok()?;
+    value.truncate(len);
+    Some(value)
+}
+
+fn set_xattr(path: &Path, name: &str, value: &str) {
+    rustix::fs::lsetxattr(
+        path,
+        name,
+        value.as_bytes(),
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
+}
+
+/// (mode, uid, gid) of `path`, not followed.
+fn owner_mode(path: &Path) -> (u32, u32, u32) {
+    let meta = std::fs::symlink_metadata(path).unwrap();
+    (meta.permissions().mode() & 0o7777, meta.uid(), meta.gid())
+}
+
+fn label(path: &Path) -> String {
+    String::from_utf8(xattr(path, "security.selinux").unwrap_or_default()).unwrap()
+}
+
+#[test]
+fn etc_merge_keeps_the_metadata_of_each_side() {
+    let Some(fx) = Fixture::new("etc_merge_keeps_the_metadata_of_each_side") else {
+        return;
+    };
+    fx.install();
+    let v1 = first_id(&fx);
+    let etc = fx.etc(&v1);
+    // The checkout carries the boot image's metadata: owners, modes,
+    // xattrs, and labels from the image's policy, a symlink's too.
+    assert_eq!(owner_mode(&etc.join("owned.conf")), (0o640, 0, 42));
+    assert_eq!(
+        xattr(&etc.join("owned.conf"), "security.capability").unwrap(),
+        capability("1")
+    );
+    assert_eq!(
+        label(&etc.join("labelled.conf")),
+        "system_u:object_r:labelled_v1_t:s0"
+    );
+    assert_eq!(label(&etc.join("link")), "system_u:object_r:etc_t:s0");
+    assert!(std::fs::symlink_metadata(etc.join("link"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+
+    // The administrator's changes: content with owner, mode, xattr and
+    // label; a label alone; content the image changes too; a new
+    // directory with metadata.
+    let mine = etc.join("mine.conf");
+    std::fs::write(&mine, "mine\n").unwrap();
+    std::os::unix::fs::lchown(&mine, Some(7), Some(8)).unwrap();
+    std::fs::set_permissions(&mine, std::fs::Permissions::from_mode(0o600)).unwrap();
+    set_xattr(&mine, "user.mine", "yes");
+    set_xattr(&mine, "security.selinux", "system_u:object_r:mine_t:s0");
+    set_xattr(
+        &etc.join("relabelled.conf"),
+        "security.selinux",
+        "system_u:object_r:custom_t:s0",
+    );
+    std::fs::write(etc.join("both.conf"), "local\n").unwrap();
+    let added = etc.join("added.d");
+    std::fs::create_dir(&added).unwrap();
+    std::fs::write(added.join("x.conf"), "x\n").unwrap();
+    set_xattr(&added.join("x.conf"), "user.added", "1");
+    std::fs::set_permissions(added.join("x.conf"), std::fs::Permissions::from_mode(0o604)).unwrap();
+    std::os::unix::fs::lchown(&added, Some(5), Some(6)).unwrap();
+    std::fs::set_permissions(&added, std::fs::Permissions::from_mode(0o750)).unwrap();
+
+    fx.publish("2");
+    let out = output(&mut fx.ours(&["--json", "upgrade"]));
+    assert!(out.status.success(), "{out:?}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        report["etcConflicts"],
+        serde_json::json!(["both.conf"]),
+        "only both.conf changed on both sides: {report}"
+    );
+    let note = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        note.contains("/etc/both.conf: changed here and in the new image"),
+        "{note}"
+    );
+    let v2 = first_id(&fx);
+    let etc2 = fx.etc(&v2);
+
+    // Untouched files follow the new image, metadata included.
+    assert_eq!(owner_mode(&etc2.join("owned.conf")), (0o600, 0, 43));
+    assert_eq!(
+        xattr(&etc2.join("owned.conf"), "security.capability").unwrap(),
+        capability("2")
+    );
+    assert_eq!(
+        label(&etc2.join("labelled.conf")),
+        "system_u:object_r:labelled_v2_t:s0"
+    );
+    assert_eq!(label(&etc2.join("link")), "system_u:object_r:etc_t:s0");
+    assert_eq!(
+        label(&etc2.join("only-in-2.conf")),
+        "system_u:object_r:etc_t:s0"
+    );
+    // Changed ones keep everything the administrator gave them.
+    let mine = etc2.join("mine.conf");
+    assert_eq!(std::fs::read_to_string(&mine).unwrap(), "mine\n");
+    assert_eq!(owner_mode(&mine), (0o600, 7, 8));
+    assert_eq!(xattr(&mine, "user.mine").unwrap(), b"yes");
+    assert_eq!(label(&mine), "system_u:object_r:mine_t:s0");
+    let relabelled = etc2.join("relabelled.conf");
+    assert_eq!(label(&relabelled), "system_u:object_r:custom_t:s0");
+    assert_eq!(
+        std::fs::read_to_string(&relabelled).unwrap(),
+        "relabel me\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(etc2.join("both.conf")).unwrap(),
+        "local\n"
+    );
+    let added = etc2.join("added.d");
+    assert_eq!(owner_mode(&added), (0o750, 5, 6));
+    assert_eq!(owner_mode(&added.join("x.conf")), (0o604, 0, 0));
+    assert_eq!(xattr(&added.join("x.conf"), "user.added").unwrap(), b"1");
+
+    // A hostile image turns a directory the administrator changed a file
+    // in into a symlink out of /etc: the upgrade stops, writes nothing
+    // there, and leaves the host as it was.
+    let outside = fx.work.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(etc2.join("conf.d/a.conf"), "changed\n").unwrap();
+    let mut layers = sample("4", &[1; 3000]);
+    layers[1].tar = etc_layer("4", Some(&outside));
+    write_layout(
+        &fx.work.path().join("layout-4"),
+        "latest",
+        &[ImageSpec::linux("amd64", layers)],
+    )
+    .unwrap();
+    fx.publish("4");
+    let refused = output(&mut fx.ours(&["--quiet", "upgrade"]));
+    assert!(!refused.status.success());
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(message.contains("/etc/conf.d"), "{message}");
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+    assert_eq!(
+        assert_host_sound(&fx, Some(&v2), "after a refused merge")[0],
+        v2
+    );
 }

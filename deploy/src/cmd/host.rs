@@ -184,6 +184,7 @@ fn report(args: &Args, what: &str, deployed: &host::Deployed) -> Result<()> {
             "existing": deployed.existing,
             "kernel": deployed.kernel,
             "otherKernels": deployed.other_kernels,
+            "etcConflicts": deployed.etc_conflicts,
         }))?;
     } else if deployed.existing {
         println!("already deployed: {}", deployed.id);
@@ -198,7 +199,18 @@ fn report(args: &Args, what: &str, deployed: &host::Deployed) -> Result<()> {
         }
         println!();
     }
+    warn_conflicts(&deployed.etc_conflicts);
     Ok(())
+}
+
+/// Says where the administrator's `/etc` won over the new image.
+fn warn_conflicts(conflicts: &[PathBuf]) {
+    for path in conflicts {
+        eprintln!(
+            "note: /etc/{}: changed here and in the new image; the local version is kept",
+            path.display()
+        );
+    }
 }
 
 /// systemd-boot from the image (else from this machine) as the ESP's
@@ -233,16 +245,30 @@ fn install_boot_loader<H: FsVerityDigest>(
         })?,
     };
     for path in ["EFI/BOOT/BOOTX64.EFI", "EFI/systemd/systemd-bootx64.efi"] {
-        let target = esp.join(path);
-        std::fs::create_dir_all(target.parent().expect("has a parent"))?;
-        std::fs::write(&target, &binary)
-            .with_context(|| format!("writing {}", target.display()))?;
+        write_atomic(&esp.join(path), &binary)?;
     }
     let loader = esp.join("loader/loader.conf");
     if !loader.exists() {
-        std::fs::create_dir_all(esp.join("loader"))?;
-        std::fs::write(&loader, "timeout 3\n")?;
+        write_atomic(&loader, b"timeout 3\n")?;
     }
+    Ok(())
+}
+
+/// Writes `path` whole or not at all (temporary file, fsync, rename,
+/// fsync of the directory): an interrupted install leaves no half boot
+/// loader.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let dir = path.parent().context("a file on the ESP has a directory")?;
+    std::fs::create_dir_all(dir)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("creating a file in {}", dir.display()))?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path)
+        .map_err(|e| e.error)
+        .with_context(|| format!("writing {}", path.display()))?;
+    std::fs::File::open(dir)?.sync_all()?;
     Ok(())
 }
 
@@ -474,12 +500,16 @@ pub fn finalize<H: FsVerityDigest>(args: &Args, host_args: &HostArgs) -> Result<
     let host = host_of(host_args)?;
     let repo = host.repo::<H>()?;
     match host::finalize(&host, &repo)? {
-        Some(id) => {
+        Some(done) => {
             if args.json {
-                print_json(&serde_json::json!({ "finalized": id }))?;
+                print_json(&serde_json::json!({
+                    "finalized": done.id,
+                    "etcConflicts": done.etc_conflicts,
+                }))?;
             } else {
-                println!("finalized: {id}");
+                println!("finalized: {}", done.id);
             }
+            warn_conflicts(&done.etc_conflicts);
         }
         None if args.json => print_json(&serde_json::json!({ "finalized": null }))?,
         None => println!("nothing staged"),

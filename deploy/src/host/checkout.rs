@@ -17,7 +17,9 @@ use cap_std::fs::Dir;
 use cfs_erofs::digest::FsVerityDigest;
 use cfs_erofs::tree::{Directory, FileSystem, Inode, LeafContent, LeafId, RegularFile, Stat};
 use cfs_images::Repository;
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps};
+use rustix::fs::{AtFlags, FileType, Mode, Timespec, Timestamps};
+
+use super::xattrs;
 
 /// Writes the entries of `dir` (a directory of `fs`) into `target`, with
 /// contents from `repo`, and gives `target` the directory's metadata.
@@ -125,9 +127,9 @@ impl<H: FsVerityDigest> Writer<'_, H> {
 enum Kind {
     /// Regular files and directories: everything.
     Openable,
-    /// Devices and fifos: not opened, so no xattrs.
+    /// Devices and fifos: no `user.*` xattrs.
     Special,
-    /// Symlinks: owner and mtime only.
+    /// Symlinks: no mode, no `user.*` xattrs.
     Symlink,
 }
 
@@ -149,16 +151,15 @@ fn set_stat(dir: &Dir, name: &OsStr, stat: &Stat, kind: Kind) -> Result<()> {
             Mode::from_raw_mode(u32::from(stat.mode.bits())),
             AtFlags::empty(),
         )?;
-        if kind == Kind::Openable && !stat.xattrs.is_empty() {
-            let file = rustix::fs::openat(
-                fd,
-                name,
-                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
-                Mode::empty(),
-            )?;
-            for (key, value) in &stat.xattrs {
-                rustix::fs::fsetxattr(
-                    &file,
+    }
+    // Every kind of file carries its xattrs (a symlink its SELinux
+    // label), but only regular files and directories take `user.*` ones.
+    if !stat.xattrs.is_empty() {
+        let path = xattrs::at(fd, name);
+        for (key, value) in &stat.xattrs {
+            if kind == Kind::Openable || !key.starts_with(b"user.") {
+                rustix::fs::lsetxattr(
+                    &path,
                     OsStr::from_bytes(key),
                     value,
                     rustix::fs::XattrFlags::empty(),

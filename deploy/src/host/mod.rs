@@ -17,6 +17,7 @@
 pub mod checkout;
 pub mod etc_merge;
 pub mod origin;
+pub mod xattrs;
 
 use std::path::{Path, PathBuf};
 
@@ -229,6 +230,9 @@ pub struct Deployed {
     pub kernel: String,
     /// Other versions found.
     pub other_kernels: Vec<String>,
+    /// `/etc` paths (relative to it) where the local version was kept
+    /// over a change the new image made.
+    pub etc_conflicts: Vec<PathBuf>,
 }
 
 /// The image's tree, from the repository.
@@ -282,6 +286,7 @@ pub fn deploy<H: FsVerityDigest>(
             existing: true,
             kernel,
             other_kernels,
+            etc_conflicts: Vec::new(),
         });
     }
     // One staged deployment at a time: a newer upgrade replaces it.
@@ -309,7 +314,7 @@ pub fn deploy<H: FsVerityDigest>(
         Some(old) => Some(OldEtc::of(host, repo, old)?),
         None => None,
     };
-    build_etc(repo, &boot_tree, old_etc.as_ref(), &staging.join("etc"))?;
+    let etc_conflicts = build_etc(repo, &boot_tree, old_etc.as_ref(), &staging.join("etc"))?;
     std::os::unix::fs::symlink("../../os/default/var", staging.join("var"))?;
     let shared_var = host.root.join(SHARED_VAR);
     if !shared_var.exists() {
@@ -392,6 +397,7 @@ pub fn deploy<H: FsVerityDigest>(
         existing: false,
         kernel,
         other_kernels,
+        etc_conflicts,
     })
 }
 
@@ -416,36 +422,63 @@ impl<H: FsVerityDigest> OldEtc<H> {
 }
 
 /// Writes a new deployment's `/etc` at `target` (which must not exist):
-/// the image's, with the local changes of `old` merged in.
+/// the image's, with the local changes of `old` merged in. Returns the
+/// paths where a local change won over the new image's (see
+/// [`etc_merge::conflicts`]).
 fn build_etc<H: FsVerityDigest>(
     repo: &Repository<H>,
     image: &FileSystem<H>,
     old: Option<&OldEtc<H>>,
     target: &Path,
-) -> Result<()> {
+) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(target)?;
-    if let Some(etc) = image.root.subdir(b"etc") {
+    let etc = image.root.subdir(b"etc");
+    if let Some(etc) = etc {
         let dir = Dir::open_ambient_dir(target, ambient_authority())?;
         checkout::checkout(repo, image, etc, &dir).context("writing /etc")?;
     }
-    if let Some(old) = old {
-        if let Some(pristine) = old.tree.root.subdir(b"etc") {
-            let changes = etc_merge::local_changes(&old.tree, pristine, &old.current)?;
-            etc_merge::apply(&changes, &old.current, target)?;
-        }
-    }
-    Ok(())
+    let Some(old) = old else {
+        return Ok(Vec::new());
+    };
+    let Some(pristine) = old.tree.root.subdir(b"etc") else {
+        return Ok(Vec::new());
+    };
+    let changes = etc_merge::local_changes(&old.tree, pristine, &old.current)?;
+    etc_merge::apply(&changes, &old.current, target)?;
+    Ok(etc_merge::conflicts(
+        &changes,
+        &old.tree,
+        Some(pristine),
+        image,
+        etc,
+    ))
+}
+
+/// What [`finalize`] made live.
+#[derive(Debug)]
+pub struct Finalized {
+    /// The deployment now the default.
+    pub id: String,
+    /// As [`Deployed::etc_conflicts`], for the merge done now.
+    pub etc_conflicts: Vec<PathBuf>,
 }
 
 /// Makes the staged deployment live: merges `/etc` again from the
 /// booted deployment (changes made since `upgrade` count), then moves its
-/// entry where the boot loader reads it. Run at shutdown; a crash before
-/// leaves the previous default. Returns the finalized id, if any.
-pub fn finalize<H: FsVerityDigest>(host: &Host, repo: &Repository<H>) -> Result<Option<String>> {
+/// entry where the boot loader reads it. Run at shutdown.
+///
+/// Each step is one atomic rename, and each state in between boots the
+/// previous default with a complete staged deployment beside it: the new
+/// `/etc` is built aside and exchanged with the staged one in one
+/// `renameat2(RENAME_EXCHANGE)`, so the staged state always has an
+/// `/etc`; then the entry moves into the boot loader's directory. An
+/// interrupted finalize runs again from the start.
+pub fn finalize<H: FsVerityDigest>(host: &Host, repo: &Repository<H>) -> Result<Option<Finalized>> {
     let deployments = host.deployments()?;
     let Some(staged) = deployments.iter().find(|d| d.staged) else {
         return Ok(None);
     };
+    let mut etc_conflicts = Vec::new();
     let booted = host.booted();
     if let Some(from) = deployments
         .iter()
@@ -461,21 +494,36 @@ pub fn finalize<H: FsVerityDigest>(host: &Host, repo: &Repository<H>) -> Result<
         if fresh.exists() {
             std::fs::remove_dir_all(&fresh)?;
         }
-        build_etc(repo, &image, Some(&OldEtc::of(host, repo, from)?), &fresh)?;
+        etc_conflicts = build_etc(repo, &image, Some(&OldEtc::of(host, repo, from)?), &fresh)?;
         sync_tree(&fresh)?;
-        // Swap: a crash between the renames leaves the entry staged, and
-        // the next finalize builds /etc again.
-        let old = state.join(".etc.old");
-        if old.exists() {
-            std::fs::remove_dir_all(&old)?;
-        }
-        std::fs::rename(state.join("etc"), &old)?;
-        std::fs::rename(&fresh, state.join("etc"))?;
+        exchange(&state, ".etc.new", "etc")?;
         sync_path(&state)?;
-        std::fs::remove_dir_all(&old)?;
+        // Now the /etc of the upgrade.
+        std::fs::remove_dir_all(&fresh)?;
     }
     promote(&host.boot_dir()?, &staged.entry_path)?;
-    Ok(Some(staged.id.clone()))
+    Ok(Some(Finalized {
+        id: staged.id.clone(),
+        etc_conflicts,
+    }))
+}
+
+/// Swaps the names `a` and `b` in `dir` in one step.
+fn exchange(dir: &Path, a: &str, b: &str) -> Result<()> {
+    let fd = rustix::fs::open(
+        dir,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .with_context(|| format!("opening {}", dir.display()))?;
+    rustix::fs::renameat_with(&fd, a, &fd, b, rustix::fs::RenameFlags::EXCHANGE).with_context(
+        || {
+            format!(
+                "exchanging {a} and {b} in {} (the filesystem must support RENAME_EXCHANGE)",
+                dir.display()
+            )
+        },
+    )
 }
 
 /// Drops a staged deployment's entry (its state goes at the next prune).
