@@ -297,8 +297,9 @@ pub enum ImageCommand {
     },
     /// Pull an OCI image (`docker://`, `oci:DIR[:TAG]`, `oci-archive:`,
     /// `docker-archive:`, `containers-storage:`, `dir:`), or a commit of
-    /// a local ostree repository (`ostree:REPO-PATH:REF`), into the
-    /// repository, with its plain and boot EROFS images.
+    /// an ostree repository (`ostree:REPO-PATH:REF` for a local one,
+    /// `ostree:http[s]://HOST/PATH:REF` for a served archive one), into
+    /// the repository, with its plain and boot EROFS images.
     Pull {
         /// The image reference, with its transport.
         reference: String,
@@ -320,6 +321,10 @@ pub enum ImageCommand {
         /// straight from the store (no reflinks; for comparison).
         #[arg(long)]
         via_skopeo: bool,
+        /// How many objects an ostree pull over HTTP fetches at a time.
+        #[arg(long, value_name = "N", default_value_t = 8,
+              value_parser = clap::value_parser!(u16).range(1..=256))]
+        fetch_jobs: u16,
     },
     /// List pulled OCI images by tag.
     Ls,

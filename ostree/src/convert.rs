@@ -19,7 +19,7 @@ use cfs_images::Repository;
 
 use crate::checksum::Checksum;
 use crate::error::OstreeError;
-use crate::object::{xattr_name, Commit, Meta, OstreeXattr};
+use crate::object::{xattr_name, Commit, DirTree, FileHeader, Meta, OstreeXattr};
 use crate::repo::LocalRepo;
 
 /// Deeper than any real tree; keeps a hostile commit from exhausting
@@ -44,10 +44,72 @@ pub fn inline_max<H: FsVerityDigest>() -> usize {
     2 * H::ALGORITHM.digest_len()
 }
 
+/// Where a commit's objects are read from while it is turned into a
+/// tree: a local ostree repository, or the index of objects a remote
+/// pull fetched. Each hands out verified objects only.
+pub trait CommitObjects<H: FsVerityDigest> {
+    /// A directory listing.
+    fn dirtree(&self, checksum: &Checksum) -> Result<DirTree, OstreeError>;
+    /// A directory's metadata.
+    fn dirmeta(&self, checksum: &Checksum) -> Result<Meta, OstreeError>;
+    /// A content object as a leaf, its content stored in `repo` when too
+    /// large to inline; also the bytes newly stored there.
+    fn file(
+        &self,
+        checksum: &Checksum,
+        repo: &Repository<H>,
+    ) -> Result<(Leaf<H>, u64), OstreeError>;
+}
+
+impl<H: FsVerityDigest> CommitObjects<H> for LocalRepo {
+    fn dirtree(&self, checksum: &Checksum) -> Result<DirTree, OstreeError> {
+        self.read_dirtree(checksum)
+    }
+
+    fn dirmeta(&self, checksum: &Checksum) -> Result<Meta, OstreeError> {
+        self.read_dirmeta(checksum)
+    }
+
+    fn file(
+        &self,
+        checksum: &Checksum,
+        repo: &Repository<H>,
+    ) -> Result<(Leaf<H>, u64), OstreeError> {
+        let mut reader = self.open_content(checksum)?;
+        let size = reader.size();
+        if reader.header().is_symlink() || size <= inline_max::<H>() as u64 {
+            let (header, data) = reader.read_verified()?;
+            return Ok((leaf_of(&header, data, None), 0));
+        }
+        let stored = repo.ensure_object_from_reader(&mut reader);
+        let digest = reader.check(stored)?;
+        Ok((
+            leaf_of(reader.header(), Vec::new(), Some((digest, size))),
+            size,
+        ))
+    }
+}
+
+/// The leaf for a content object: a symlink, inline `data`, or an
+/// `external` object of the given size.
+pub fn leaf_of<H>(header: &FileHeader, data: Vec<u8>, external: Option<(H, u64)>) -> Leaf<H> {
+    let content = if header.is_symlink() {
+        LeafContent::Symlink(header.symlink_target.as_bytes().into())
+    } else if let Some((digest, size)) = external {
+        LeafContent::Regular(RegularFile::External { digest, size })
+    } else {
+        LeafContent::Regular(RegularFile::Inline(data.into()))
+    };
+    Leaf {
+        stat: stat_of(&header.meta),
+        content,
+    }
+}
+
 /// Reads the tree of `commit` from `source`, storing file contents too
 /// large to inline as objects of `repo`, and returns it as a filesystem.
 pub fn commit_to_filesystem<H: FsVerityDigest>(
-    source: &LocalRepo,
+    source: &dyn CommitObjects<H>,
     commit: &Commit,
     repo: &Repository<H>,
 ) -> Result<(FileSystem<H>, ConvertStats), OstreeError> {
@@ -65,7 +127,7 @@ pub fn commit_to_filesystem<H: FsVerityDigest>(
 }
 
 struct Walk<'a, H: FsVerityDigest> {
-    source: &'a LocalRepo,
+    source: &'a dyn CommitObjects<H>,
     repo: &'a Repository<H>,
     fs: FileSystem<H>,
     dirmetas: HashMap<Checksum, Stat>,
@@ -87,12 +149,12 @@ impl<H: FsVerityDigest> Walk<'_, H> {
         let stat = match self.dirmetas.get(meta) {
             Some(stat) => stat.clone(),
             None => {
-                let stat = stat_of(&self.source.read_dirmeta(meta)?);
+                let stat = stat_of(&self.source.dirmeta(meta)?);
                 self.dirmetas.insert(*meta, stat.clone());
                 stat
             }
         };
-        let listing = self.source.read_dirtree(tree)?;
+        let listing = self.source.dirtree(tree)?;
         let mut dir = Directory::new(stat);
         for (name, content) in listing.files {
             let leaf = self.leaf(&content)?;
@@ -111,28 +173,8 @@ impl<H: FsVerityDigest> Walk<'_, H> {
             return Ok(*id);
         }
         self.stats.files += 1;
-        let mut reader = self.source.open_content(checksum)?;
-        let size = reader.size();
-        let leaf = if reader.header().is_symlink() || size <= inline_max::<H>() as u64 {
-            let (header, data) = reader.read_verified()?;
-            let content = if header.is_symlink() {
-                LeafContent::Symlink(header.symlink_target.as_bytes().into())
-            } else {
-                LeafContent::Regular(RegularFile::Inline(data.into()))
-            };
-            Leaf {
-                stat: stat_of(&header.meta),
-                content,
-            }
-        } else {
-            let stored = self.repo.ensure_object_from_reader(&mut reader);
-            let digest = reader.check(stored)?;
-            self.stats.external_bytes += size;
-            Leaf {
-                stat: stat_of(&reader.header().meta),
-                content: LeafContent::Regular(RegularFile::External { digest, size }),
-            }
-        };
+        let (leaf, stored) = self.source.file(checksum, self.repo)?;
+        self.stats.external_bytes += stored;
         let id = self.fs.push_leaf(leaf);
         self.leaves.insert(*checksum, id);
         Ok(id)

@@ -37,12 +37,18 @@ pub enum OstreeError {
         /// Why it failed.
         reason: String,
     },
+    /// The repository's `summary` cannot be read.
+    #[error("summary: {0}")]
+    Summary(String),
     /// The repository's `config` cannot be used.
     #[error("repository config: {0}")]
     Config(String),
     /// The repository's mode is one we do not read.
     #[error("repository mode {0:?} is not supported (archive, archive-z2 and bare-user are)")]
     UnsupportedMode(String),
+    /// A remote repository that is not in archive mode.
+    #[error("the repository's mode is {0}: only archive repositories can be pulled from")]
+    NotArchive(String),
     /// A ref name that is not a valid ostree ref.
     #[error("invalid ref name {0:?}")]
     BadRefName(String),

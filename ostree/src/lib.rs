@@ -12,6 +12,8 @@ pub mod checksum;
 pub mod convert;
 pub mod delta;
 pub mod error;
+pub mod fetch;
+pub mod index;
 pub mod object;
 pub mod pull;
 pub mod repo;

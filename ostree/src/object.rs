@@ -116,6 +116,33 @@ impl FileHeader {
         Ok(header)
     }
 
+    /// The header of an archive `.filez` object declaring `size` bytes of
+    /// content: `u32` BE length, four zero bytes, `(tuuuusa(ayay))`.
+    /// [`parse_archive_header`] reads it back.
+    pub fn archive_header(&self, size: u64) -> Vec<u8> {
+        let xattrs: Vec<(&[u8], &[u8])> = self
+            .meta
+            .xattrs
+            .iter()
+            .map(|(k, v)| (k.as_slice(), v.as_slice()))
+            .collect();
+        let variant = gv!("(tuuuusa(ayay))").serialize_to_vec(&(
+            size.to_be(),
+            self.meta.uid.to_be(),
+            self.meta.gid.to_be(),
+            self.meta.mode.to_be(),
+            0u32,
+            self.symlink_target.as_str(),
+            &xattrs,
+        ));
+        let mut out = Vec::with_capacity(8 + variant.len());
+        let len = u32::try_from(variant.len()).expect("a header built from a parsed header fits");
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(&[0; 4]);
+        out.extend_from_slice(&variant);
+        out
+    }
+
     /// Checks what ostree itself requires of a content header.
     fn validate(&self, rdev: u32) -> Result<(), String> {
         if rdev != 0 {
@@ -344,6 +371,24 @@ pub fn parse_archive_header(data: &[u8]) -> Result<(FileHeader, u64, usize), Str
         return Err(format!("symlink declares {size} bytes of content"));
     }
     Ok((header, size, end))
+}
+
+/// Reads the refs of a `summary` file, `(a(s(taya{sv}))a{sv})`: each
+/// ref name with the commit it points at.
+pub fn parse_summary_refs(data: &[u8]) -> Result<Vec<(String, Checksum)>, String> {
+    let buf = aligned(data);
+    let (refs, _meta) = gv!("(a(s(taya{sv}))a{sv})")
+        .cast(buf.as_aligned())
+        .to_tuple();
+    refs.iter()
+        .map(|entry| {
+            let (name, target) = entry.to_tuple();
+            let (_size, checksum, _meta) = target.to_tuple();
+            let name = name.to_str().to_owned();
+            let checksum = checksum_field(checksum, &format!("ref {name:?}"))?;
+            Ok((name, checksum))
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -14,9 +14,13 @@ use cfs_images::splitstream::{ContentType, SplitStreamWriter};
 use cfs_images::Repository;
 
 use crate::checksum::Checksum;
-use crate::convert::{commit_to_filesystem, ConvertStats};
+use crate::convert::{commit_to_filesystem, CommitObjects, ConvertStats};
 use crate::error::OstreeError;
+use crate::fetch::{FetchStats, Fetcher, IndexedObjects, DEFAULT_FETCH_JOBS};
+use crate::index::ObjectIndex;
+use crate::object::Commit;
 use crate::repo::LocalRepo;
+use crate::source::open_source;
 
 /// The content type of the stream that keeps a pulled commit's images
 /// alive (`ostcommt`); it carries the commit object's bytes.
@@ -77,28 +81,108 @@ pub fn pull_local<H: FsVerityDigest>(
     let source = LocalRepo::open(source)?;
     let checksum = source.resolve(rev)?;
     let tag = tag.unwrap_or(rev).to_owned();
-    let stream_id = commit_stream_id(&checksum);
-    let format = repo.format();
-    if let Ok((_, stored)) = repo.open_stream(&stream_id) {
-        if let Some(image) = stored.named_ref(image_ref_key(format)) {
-            let (commit, _) = source.read_commit(&checksum)?;
-            repo.name_stream(&stream_id, &tag_ref(&tag))?;
-            return Ok(PullReport {
-                commit: checksum,
-                subject: commit.subject,
-                image: *image,
-                boot_image: stored
-                    .named_ref(boot_image_ref_key(format))
-                    .copied()
-                    .ok_or_else(|| "not generated when first pulled".to_owned()),
-                stats: ConvertStats::default(),
-                tag,
-            });
+    if let Some(report) = already_pulled(repo, &checksum, &tag, || {
+        Ok(source.read_commit(&checksum)?.0.subject)
+    })? {
+        return Ok(report);
+    }
+    let (commit, commit_bytes) = source.read_commit(&checksum)?;
+    store_commit(repo, &checksum, &commit, &commit_bytes, &source, tag)
+}
+
+/// How to pull from a remote repository.
+#[derive(Debug, Clone)]
+pub struct RemoteOptions {
+    /// How many fetches run at a time.
+    pub fetch_jobs: usize,
+}
+
+impl Default for RemoteOptions {
+    fn default() -> Self {
+        Self {
+            fetch_jobs: DEFAULT_FETCH_JOBS,
         }
     }
+}
 
-    let (commit, commit_bytes) = source.read_commit(&checksum)?;
-    let (mut fs, stats) = commit_to_filesystem(&source, &commit, repo)?;
+/// Pulls `rev` (a ref or a commit checksum) from the archive repository
+/// at `location` (`http://`, `https://` URL or a directory) into `repo`,
+/// as `ostree pull` would, and tags it `tag` (default: `rev`). Objects
+/// the repository's index already holds are not fetched again.
+pub fn pull_remote<H: FsVerityDigest>(
+    repo: &Repository<H>,
+    location: &str,
+    rev: &str,
+    tag: Option<&str>,
+    options: &RemoteOptions,
+) -> Result<(PullReport<H>, FetchStats), OstreeError> {
+    let source = open_source(location)?;
+    let index = ObjectIndex::open(repo)?;
+    let fetcher = Fetcher::new(&*source, &index, repo, options.fetch_jobs);
+    fetcher.check_config()?;
+    let checksum = fetcher.resolve(rev)?;
+    let tag = tag.unwrap_or(rev).to_owned();
+    let _commitmeta = fetcher.commitmeta(&checksum)?;
+    let (commit, commit_bytes) = fetcher.commit(&checksum)?;
+    if let Some(report) = already_pulled(repo, &checksum, &tag, || Ok(commit.subject.clone()))? {
+        return Ok((report, fetcher.stats()));
+    }
+    fetcher.fetch_tree(&commit)?;
+    let report = store_commit(
+        repo,
+        &checksum,
+        &commit,
+        &commit_bytes,
+        &IndexedObjects::new(&index),
+        tag,
+    )?;
+    Ok((report, fetcher.stats()))
+}
+
+/// The report for a commit already pulled complete, after tagging it
+/// again; `None` if it was not.
+fn already_pulled<H: FsVerityDigest>(
+    repo: &Repository<H>,
+    checksum: &Checksum,
+    tag: &str,
+    subject: impl FnOnce() -> Result<String, OstreeError>,
+) -> Result<Option<PullReport<H>>, OstreeError> {
+    let stream_id = commit_stream_id(checksum);
+    let format = repo.format();
+    let Ok((_, stored)) = repo.open_stream(&stream_id) else {
+        return Ok(None);
+    };
+    let Some(image) = stored.named_ref(image_ref_key(format)) else {
+        return Ok(None);
+    };
+    let subject = subject()?;
+    repo.name_stream(&stream_id, &tag_ref(tag))?;
+    Ok(Some(PullReport {
+        commit: *checksum,
+        subject,
+        image: *image,
+        boot_image: stored
+            .named_ref(boot_image_ref_key(format))
+            .copied()
+            .ok_or_else(|| "not generated when first pulled".to_owned()),
+        stats: ConvertStats::default(),
+        tag: tag.to_owned(),
+    }))
+}
+
+/// Builds the commit's tree from `objects`, writes its plain and boot
+/// images and the stream keeping them alive, then moves the tag.
+fn store_commit<H: FsVerityDigest>(
+    repo: &Repository<H>,
+    checksum: &Checksum,
+    commit: &Commit,
+    commit_bytes: &[u8],
+    objects: &dyn CommitObjects<H>,
+    tag: String,
+) -> Result<PullReport<H>, OstreeError> {
+    let stream_id = commit_stream_id(checksum);
+    let format = repo.format();
+    let (mut fs, stats) = commit_to_filesystem(objects, commit, repo)?;
     let image_error = |e: cfs_erofs::writer::WriteError| OstreeError::Image(e.to_string());
     let plain = cfs_erofs::writer::mkfs(&fs, format).map_err(image_error)?;
     let image = repo.write_image(&plain, None)?;
@@ -121,15 +205,12 @@ pub fn pull_local<H: FsVerityDigest>(
     if let Ok(boot) = &boot_image {
         stream_ref(&mut writer, boot_image_ref_key(format), *boot)?;
     }
-    writer.write_external(
-        repo.ensure_object(&commit_bytes)?,
-        commit_bytes.len() as u64,
-    );
+    writer.write_external(repo.ensure_object(commit_bytes)?, commit_bytes.len() as u64);
     repo.write_stream(&stream_id, &writer.finish(), None)?;
     repo.name_stream(&stream_id, &tag_ref(&tag))?;
     Ok(PullReport {
-        commit: checksum,
-        subject: commit.subject,
+        commit: *checksum,
+        subject: commit.subject.clone(),
         image,
         boot_image,
         stats,

@@ -7,7 +7,7 @@
 //! read at its end if the bytes were not what the name promised.
 
 use std::fs::File;
-use std::io::{self, BufReader, Read, Seek, SeekFrom};
+use std::io::{self, BufReader, Read};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
@@ -132,47 +132,8 @@ impl LocalRepo {
     }
 
     fn open_archive_content(&self, checksum: &Checksum) -> Result<ContentReader, OstreeError> {
-        const KIND: &str = "filez";
-        let mut file = self.open_object(checksum, KIND)?;
-        let io_err = |e| OstreeError::io(format!("reading {checksum}.{KIND}"), e);
-        let mut prefix = [0u8; 8];
-        file.read_exact(&mut prefix).map_err(|e| match e.kind() {
-            io::ErrorKind::UnexpectedEof => {
-                malformed(checksum, KIND, "shorter than its header".into())
-            }
-            _ => io_err(e),
-        })?;
-        let len = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
-        if len > MAX_HEADER_SIZE {
-            return Err(OstreeError::TooLarge {
-                checksum: *checksum,
-                kind: KIND,
-                size: len as u64,
-                limit: MAX_HEADER_SIZE as u64,
-            });
-        }
-        let mut head = prefix.to_vec();
-        head.resize(8 + len, 0);
-        file.read_exact(&mut head[8..])
-            .map_err(|e| match e.kind() {
-                io::ErrorKind::UnexpectedEof => malformed(
-                    checksum,
-                    KIND,
-                    format!("header length {len} runs past the end"),
-                ),
-                _ => io_err(e),
-            })?;
-        let (header, size, end) = object::parse_archive_header(&head)
-            .map_err(|reason| malformed(checksum, KIND, reason))?;
-        file.seek(SeekFrom::Start(end as u64)).map_err(io_err)?;
-        // A symlink has no deflate data at all; anything else is inflated
-        // (an empty regular file is the two bytes of an empty block).
-        let content: Box<dyn Read + Send> = if header.is_symlink() {
-            Box::new(io::empty())
-        } else {
-            Box::new(DeflateDecoder::new(BufReader::new(file)))
-        };
-        Ok(ContentReader::new(*checksum, header, size, content))
+        let file = self.open_object(checksum, "filez")?;
+        open_archive_stream(checksum, BufReader::new(file))
     }
 
     fn open_bare_user_content(&self, checksum: &Checksum) -> Result<ContentReader, OstreeError> {
@@ -315,6 +276,54 @@ impl LocalRepo {
     }
 }
 
+/// Reads the header of an archive `.filez` object from `stream` and
+/// returns its content as a [`ContentReader`] that inflates the rest and
+/// verifies the whole against `checksum`. Serves local archive
+/// repositories and every remote one alike.
+pub fn open_archive_stream(
+    checksum: &Checksum,
+    mut stream: impl Read + Send + 'static,
+) -> Result<ContentReader, OstreeError> {
+    const KIND: &str = "filez";
+    let io_err = |e| OstreeError::io(format!("reading {checksum}.{KIND}"), e);
+    let mut prefix = [0u8; 8];
+    stream.read_exact(&mut prefix).map_err(|e| match e.kind() {
+        io::ErrorKind::UnexpectedEof => malformed(checksum, KIND, "shorter than its header".into()),
+        _ => io_err(e),
+    })?;
+    let len = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
+    if len > MAX_HEADER_SIZE {
+        return Err(OstreeError::TooLarge {
+            checksum: *checksum,
+            kind: KIND,
+            size: len as u64,
+            limit: MAX_HEADER_SIZE as u64,
+        });
+    }
+    let mut head = prefix.to_vec();
+    head.resize(8 + len, 0);
+    stream
+        .read_exact(&mut head[8..])
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::UnexpectedEof => malformed(
+                checksum,
+                KIND,
+                format!("header length {len} runs past the end"),
+            ),
+            _ => io_err(e),
+        })?;
+    let (header, size, _) =
+        object::parse_archive_header(&head).map_err(|reason| malformed(checksum, KIND, reason))?;
+    // A symlink has no deflate data at all; anything else is inflated
+    // (an empty regular file is the two bytes of an empty block).
+    let content: Box<dyn Read + Send> = if header.is_symlink() {
+        Box::new(io::empty())
+    } else {
+        Box::new(DeflateDecoder::new(stream))
+    };
+    Ok(ContentReader::new(*checksum, header, size, content))
+}
+
 fn malformed(checksum: &Checksum, kind: &'static str, reason: String) -> OstreeError {
     OstreeError::Malformed {
         checksum: *checksum,
@@ -325,7 +334,7 @@ fn malformed(checksum: &Checksum, kind: &'static str, reason: String) -> OstreeE
 
 /// ostree's ref name rule: `/`-separated components of `[A-Za-z0-9_.-]`,
 /// each starting with a letter, digit or `_` (so never `.` or `..`).
-fn check_ref_name(name: &str, whole: &str) -> Result<(), OstreeError> {
+pub(crate) fn check_ref_name(name: &str, whole: &str) -> Result<(), OstreeError> {
     let component_ok = |c: &str| {
         let mut bytes = c.bytes();
         bytes
@@ -340,7 +349,7 @@ fn check_ref_name(name: &str, whole: &str) -> Result<(), OstreeError> {
 }
 
 /// The value of `key` in `[section]` of a GKeyFile (INI) text.
-fn config_value<'a>(text: &'a str, section: &str, key: &str) -> Option<&'a str> {
+pub(crate) fn config_value<'a>(text: &'a str, section: &str, key: &str) -> Option<&'a str> {
     let mut in_section = false;
     for line in text.lines().map(str::trim) {
         if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {

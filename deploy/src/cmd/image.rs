@@ -89,12 +89,16 @@ pub fn run<H: FsVerityDigest>(args: &Args, command: &ImageCommand) -> Result<()>
             insecure_registry,
             storage_root,
             via_skopeo,
+            fetch_jobs,
         } => {
             if let Some(ostree) = reference.strip_prefix("ostree:") {
                 if platform.is_some() || *insecure_registry {
                     bail!("--platform and --insecure-registry are for OCI images, not ostree:");
                 }
-                return pull_ostree::<H>(args, ostree, name.as_deref());
+                let options = cfs_ostree::pull::RemoteOptions {
+                    fetch_jobs: usize::from(*fetch_jobs),
+                };
+                return pull_ostree::<H>(args, ostree, name.as_deref(), &options);
             }
             let repo = open_repo::<H>(args)?;
             let mut options = cfs_oci::fetch::FetchOptions::default();
@@ -287,9 +291,15 @@ fn id_of_image<H: FsVerityDigest>(args: &Args, reference: &str, bootable: bool) 
 }
 
 /// `image pull ostree:REPO-PATH:REF`: a commit of a local ostree
-/// repository. The path is everything before the last `:`, so it may
-/// itself hold colons; ostree refs cannot.
-fn pull_ostree<H: FsVerityDigest>(args: &Args, source: &str, tag: Option<&str>) -> Result<()> {
+/// repository, or of an archive repository served over HTTP(S) when the
+/// path is an `http://` or `https://` URL. The path is everything before
+/// the last `:`, so it may itself hold colons; ostree refs cannot.
+fn pull_ostree<H: FsVerityDigest>(
+    args: &Args,
+    source: &str,
+    tag: Option<&str>,
+    options: &cfs_ostree::pull::RemoteOptions,
+) -> Result<()> {
     let Some((path, rev)) = source
         .rsplit_once(':')
         .filter(|(p, r)| !p.is_empty() && !r.is_empty())
@@ -297,8 +307,16 @@ fn pull_ostree<H: FsVerityDigest>(args: &Args, source: &str, tag: Option<&str>) 
         bail!("an ostree source is ostree:REPO-PATH:REF (or :COMMIT), not ostree:{source}");
     };
     let repo = open_repo::<H>(args)?;
-    let report = cfs_ostree::pull::pull_local(&repo, Path::new(path), rev, tag)
-        .with_context(|| format!("pulling {rev} from ostree repository {path}"))?;
+    let remote = path.starts_with("http://") || path.starts_with("https://");
+    let (report, fetched) = if remote {
+        let (report, fetched) = cfs_ostree::pull::pull_remote(&repo, path, rev, tag, options)
+            .with_context(|| format!("pulling {rev} from ostree repository {path}"))?;
+        (report, Some(fetched))
+    } else {
+        let report = cfs_ostree::pull::pull_local(&repo, Path::new(path), rev, tag)
+            .with_context(|| format!("pulling {rev} from ostree repository {path}"))?;
+        (report, None)
+    };
     let boot = match &report.boot_image {
         Ok(digest) => digest.to_hex(),
         Err(why) => format!("none ({why})"),
@@ -312,6 +330,13 @@ fn pull_ostree<H: FsVerityDigest>(args: &Args, source: &str, tag: Option<&str>) 
             "directories": stats.directories,
             "files": stats.files,
             "externalBytes": stats.external_bytes,
+            "fetched": fetched.map(|f| serde_json::json!({
+                "files": f.files,
+                "metadataObjects": f.metadata_objects,
+                "contentObjects": f.content_objects,
+                "bytes": f.bytes,
+                "held": f.held,
+            })),
             "image": report.image.to_hex(),
             "bootImage": report.boot_image.as_ref().ok().map(|d| d.to_hex()),
         }))?;
@@ -322,6 +347,12 @@ fn pull_ostree<H: FsVerityDigest>(args: &Args, source: &str, tag: Option<&str>) 
             "read {} directories, {} files; {} bytes stored as objects",
             stats.directories, stats.files, stats.external_bytes
         );
+        if let Some(f) = fetched {
+            println!(
+                "fetched {} metadata and {} content objects, {} other files, {} bytes; {} objects already held",
+                f.metadata_objects, f.content_objects, f.files, f.bytes, f.held
+            );
+        }
         println!("image {}", report.image.to_hex());
         println!("boot image {boot}");
         println!("tagged {}", report.tag);

@@ -1,0 +1,535 @@
+//! `cfs-deploy image pull ostree:http://HOST:PORT/PATH:REF` from archive
+//! repositories made by the real `ostree` CLI and served on 127.0.0.1 by
+//! a small Python HTTP server that logs every request it answers.
+//!
+//! Images are compared with the reference (`cfsctl ostree pull` over the
+//! same URL); fetches are counted twice, by our statistics and by the
+//! server's log, against object sets the `ostree` CLI lists
+//! (`ostree ls -R -C`).
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{assert_clean, cfsctl, ok, ours, output};
+use rand::Rng;
+
+mod common;
+
+/// A static file server for one directory; every request path goes to
+/// `log`, one per line, and each answer waits `delay` seconds first.
+const SERVER: &str = r#"
+import sys, time, functools, http.server
+root, delay, log = sys.argv[1], float(sys.argv[2]), sys.argv[3]
+class Handler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+    def do_GET(self):
+        with open(log, "a") as f:
+            f.write(self.path + "\n")
+        time.sleep(delay)
+        super().do_GET()
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=root))
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"#;
+
+/// A running server; killed when dropped.
+struct Server {
+    child: Child,
+    url: String,
+    log: PathBuf,
+}
+
+impl Server {
+    fn start(root: &Path, delay: f64) -> Self {
+        let log = root.with_extension(format!("log-{}", rand::rng().random::<u32>()));
+        let mut child = Command::new("python3")
+            .args(["-c", SERVER])
+            .arg(root)
+            .arg(delay.to_string())
+            .arg(&log)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting python3 http server");
+        let mut port = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut port)
+            .expect("reading the server's port");
+        let url = format!("http://127.0.0.1:{}", port.trim());
+        Self { child, url, log }
+    }
+
+    /// The paths requested so far, and forgets them.
+    fn take_requests(&self) -> Vec<String> {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let _ = std::fs::remove_file(&self.log);
+        text.lines().map(str::to_owned).collect()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn have_tools() -> bool {
+    for tool in ["ostree", "python3"] {
+        if Command::new(tool).arg("--version").output().is_err() {
+            eprintln!("SKIPPED ostree_http: {tool} is not installed");
+            return false;
+        }
+    }
+    true
+}
+
+fn ostree(repo: &Path) -> Command {
+    let mut cmd = Command::new("ostree");
+    cmd.arg(format!("--repo={}", repo.display()));
+    cmd
+}
+
+fn write(path: &Path, data: &[u8], mode: u32) {
+    std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+    std::fs::write(path, data).expect("write");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+/// Commits `tree` to branch `branch` of `repo` (owned by root, so no
+/// privilege is needed), returning the commit checksum.
+fn commit(repo: &Path, branch: &str, tree: &Path) -> String {
+    ok(ostree(repo)
+        .args(["commit", "-b", branch, "-s", branch])
+        .args(["--owner-uid=0", "--owner-gid=0"])
+        .arg("--timestamp=2024-01-01T00:00:00Z")
+        .arg(tree))
+    .trim()
+    .to_owned()
+}
+
+fn archive_repo(path: &Path) {
+    ok(ostree(path).args(["init", "--mode=archive"]));
+}
+
+/// The objects (`CHECKSUM.KIND`) of `rev` as the ostree CLI lists them:
+/// each directory's dirtree and dirmeta, each file's content object.
+fn objects_of(repo: &Path, rev: &str) -> BTreeSet<String> {
+    let listing = ok(ostree(repo).args(["ls", "-R", "-C", rev]));
+    let mut objects = BTreeSet::new();
+    for line in listing.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if line.starts_with('d') {
+            objects.insert(format!("{}.dirtree", fields[4]));
+            objects.insert(format!("{}.dirmeta", fields[5]));
+        } else {
+            objects.insert(format!("{}.file", fields[4]));
+        }
+    }
+    objects
+}
+
+/// The object requests in a server log, as `CHECKSUM.KIND` (content
+/// named `.file`, as `objects_of` names it).
+fn object_requests(requests: &[String]) -> Vec<String> {
+    requests
+        .iter()
+        .filter_map(|path| path.strip_prefix("/objects/"))
+        .map(|rest| rest.replacen('/', "", 1).replace(".filez", ".file"))
+        .collect()
+}
+
+fn init(repo: &Path) {
+    ok(ours(repo).args(["repo", "init", "--insecure"]));
+}
+
+/// Our pull over HTTP; returns the `--json` report.
+fn pull(repo: &Path, url: &str, rev: &str, extra: &[&str]) -> serde_json::Value {
+    let out = ok(ours(repo)
+        .args(["--json", "image", "pull"])
+        .arg(format!("ostree:{url}:{rev}"))
+        .args(extra));
+    serde_json::from_str(&out).expect("pull --json")
+}
+
+/// The reference's image of `rev` pulled over `url`.
+fn reference_image(work: &Path, url: &str, rev: &str) -> Option<String> {
+    let cfsctl = cfsctl()?;
+    let theirs = work.join(format!("theirs-{}", rand::rng().random::<u32>()));
+    ok(Command::new(&cfsctl).arg("--repo").arg(&theirs).args([
+        "--hash",
+        "sha512",
+        "init",
+        "--insecure",
+    ]));
+    ok(Command::new(&cfsctl).arg("--repo").arg(&theirs).args([
+        "--insecure",
+        "ostree",
+        "pull",
+        "--no-delta",
+        url,
+        rev,
+    ]));
+    let id = ok(Command::new(&cfsctl).arg("--repo").arg(&theirs).args([
+        "--insecure",
+        "ostree",
+        "compute-id",
+        rev,
+    ]));
+    Some(id.trim().to_owned())
+}
+
+fn our_dump(repo: &Path, image: &str) -> String {
+    ok(ours(repo)
+        .args(["image", "dump"])
+        .arg(repo.join("images").join(image)))
+}
+
+/// A tree of `files` files spread over a few directories, with a
+/// symlink, an empty file and files on both sides of the inline limit.
+fn make_tree(root: &Path, files: usize, salt: u8) {
+    for i in 0..files {
+        let size = [0, 10, 64, 65, 3000, 70_000][i % 6] + i % 7;
+        let data: Vec<u8> = (0..size)
+            .map(|j| (j as u8).wrapping_mul(31) ^ (i as u8) ^ salt)
+            .collect();
+        write(
+            &root.join(format!("usr/d{}/f{i}", i % 17)),
+            &data,
+            0o644 | ((i as u32 % 2) * 0o111),
+        );
+    }
+    write(&root.join("etc/empty"), b"", 0o644);
+    symlink("../usr/d0/f0", root.join("etc/link")).expect("symlink");
+}
+
+#[test]
+fn http_pull_equals_reference_and_fetches_only_what_changed() {
+    if !have_tools() {
+        return;
+    }
+    let work = tempfile::tempdir().expect("tempdir");
+    let work = work.path();
+    let source = work.join("served");
+    archive_repo(&source);
+    let tree1 = work.join("tree1");
+    make_tree(&tree1, 60, 0);
+    let c1 = commit(&source, "os", &tree1);
+    // Commit 2: one directory's files changed, one file added.
+    let tree2 = work.join("tree2");
+    ok(Command::new("cp").arg("-a").arg(&tree1).arg(&tree2));
+    for entry in std::fs::read_dir(tree2.join("usr/d3")).expect("d3") {
+        let path = entry.expect("entry").path();
+        let mut data = std::fs::read(&path).expect("read");
+        data.push(b'!');
+        std::fs::write(&path, data).expect("write");
+    }
+    write(&tree2.join("usr/new"), b"a new file in commit 2\n", 0o644);
+    let c2 = commit(&source, "os", &tree2);
+    ok(ostree(&source).args(["summary", "-u"]));
+    let server = Server::start(&source, 0.0);
+
+    let repo = work.join("ours");
+    init(&repo);
+    let first = pull(&repo, &server.url, &c1, &["--name", "v1"]);
+    let fetched1 = object_requests(&server.take_requests());
+    let objects1 = objects_of(&source, &c1);
+    let mut expected1: Vec<String> = objects1.iter().cloned().collect();
+    expected1.push(format!("{c1}.commitmeta"));
+    expected1.push(format!("{c1}.commit"));
+    let mut got1 = fetched1.clone();
+    got1.sort();
+    expected1.sort();
+    assert_eq!(got1, expected1, "commit 1: every object once");
+    let image1 = first["image"].as_str().expect("image").to_owned();
+    match reference_image(work, &server.url, &c1) {
+        Some(theirs) => assert_eq!(image1, theirs, "commit 1: cfsctl ostree pull's image"),
+        None => eprintln!("SKIPPED reference comparison: cfsctl is not installed"),
+    }
+    server.take_requests();
+
+    // Commit 2 by its ref, through the summary: only the objects commit 1
+    // lacks, by the server's count and by ours.
+    let second = pull(
+        &repo,
+        &server.url,
+        "os",
+        &["--name", "v2", "--fetch-jobs", "3"],
+    );
+    assert_eq!(second["commit"], c2.as_str());
+    let fetched2 = object_requests(&server.take_requests());
+    let objects2 = objects_of(&source, &c2);
+    let mut expected2: Vec<String> = objects2.difference(&objects1).cloned().collect();
+    expected2.push(format!("{c2}.commitmeta"));
+    expected2.push(format!("{c2}.commit"));
+    expected2.sort();
+    let mut got2 = fetched2.clone();
+    got2.sort();
+    assert_eq!(got2, expected2, "commit 2: only what changed");
+    let stats = &second["fetched"];
+    let changed = objects2.difference(&objects1).count() as u64;
+    assert_eq!(
+        stats["metadataObjects"].as_u64().unwrap() + stats["contentObjects"].as_u64().unwrap(),
+        changed + 1,
+        "our count: the changed objects and the commit; {stats}"
+    );
+    assert_eq!(
+        stats["held"].as_u64().unwrap(),
+        objects2.intersection(&objects1).count() as u64,
+        "our count of objects already held; {stats}"
+    );
+    eprintln!(
+        "commit 2 after 1: {} of {} objects fetched ({} changed per ostree ls)",
+        fetched2.len() - 2,
+        objects2.len(),
+        changed
+    );
+    match reference_image(work, &server.url, &c2) {
+        Some(theirs) => assert_eq!(second["image"], theirs.as_str(), "commit 2"),
+        None => eprintln!("SKIPPED reference comparison: cfsctl is not installed"),
+    }
+    assert_clean(&repo, "after two HTTP pulls");
+}
+
+#[test]
+fn http_pull_of_symlinks_and_empty_files() {
+    if !have_tools() {
+        return;
+    }
+    // The reference's documented shortfall: an archive symlink has no
+    // deflate data at all, and an empty file only an empty block.
+    let work = tempfile::tempdir().expect("tempdir");
+    let work = work.path();
+    let tree = work.join("tree");
+    std::fs::create_dir_all(&tree).expect("mkdir");
+    symlink("target/of/link", tree.join("link")).expect("symlink");
+    symlink("/absolute", tree.join("abs")).expect("symlink");
+    write(&tree.join("empty"), b"", 0o600);
+    let source = work.join("served");
+    archive_repo(&source);
+    let c = commit(&source, "links", &tree);
+    let server = Server::start(&source, 0.0);
+    let repo = work.join("ours");
+    init(&repo);
+    let report = pull(&repo, &server.url, "links", &[]);
+    assert_eq!(report["commit"], c.as_str());
+    let dump = our_dump(&repo, report["image"].as_str().expect("image"));
+    assert!(
+        dump.contains("/link 14 120777 1 0 0 0 0.0 target/of/link"),
+        "{dump}"
+    );
+    assert!(
+        dump.contains("/abs 9 120777 1 0 0 0 0.0 /absolute"),
+        "{dump}"
+    );
+    assert!(dump.contains("/empty 0 100600 1 0 0 0 0.0 - -"), "{dump}");
+    assert_clean(&repo, "after pulling symlinks");
+}
+
+#[test]
+fn http_pull_names_xattrs_without_nul() {
+    if !have_tools() {
+        return;
+    }
+    let work = tempfile::tempdir().expect("tempdir");
+    let work = work.path();
+    let tree = work.join("tree");
+    write(&tree.join("conf"), b"x\n", 0o644);
+    if rustix::fs::lsetxattr(
+        tree.join("conf"),
+        "user.test",
+        b"value1",
+        rustix::fs::XattrFlags::empty(),
+    )
+    .is_err()
+    {
+        eprintln!("SKIPPED xattr names: this filesystem has no user xattrs");
+        return;
+    }
+    let source = work.join("served");
+    archive_repo(&source);
+    commit(&source, "x", &tree);
+    // ostree stores the name with its NUL: check the fixture really does.
+    let listing = ok(ostree(&source).args(["ls", "-X", "x", "/conf"]));
+    assert!(listing.contains("user.test"), "{listing}");
+    let server = Server::start(&source, 0.0);
+    let repo = work.join("ours");
+    init(&repo);
+    let report = pull(&repo, &server.url, "x", &[]);
+    let dump = our_dump(&repo, report["image"].as_str().expect("image"));
+    assert!(dump.contains(" user.test=value1"), "{dump}");
+    assert!(
+        !dump.contains("\\x00"),
+        "a NUL left in an xattr name: {dump}"
+    );
+}
+
+#[test]
+fn bad_sources_are_refused_clearly() {
+    if !have_tools() {
+        return;
+    }
+    let work = tempfile::tempdir().expect("tempdir");
+    let work = work.path();
+    let tree = work.join("tree");
+    let big: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    write(&tree.join("big"), &big, 0o644);
+    let source = work.join("served");
+    archive_repo(&source);
+    let c = commit(&source, "r", &tree);
+    let server = Server::start(&source, 0.0);
+
+    let refused = |repo: &Path, reference: &str, needle: &str| {
+        let out = output(ours(repo).args(["image", "pull", reference]));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{reference}: pull succeeded");
+        assert!(stderr.contains(needle), "{reference}: {stderr}");
+        assert!(
+            !repo.join("streams/refs/ostree").exists() || {
+                std::fs::read_dir(repo.join("streams/refs/ostree"))
+                    .expect("refs")
+                    .next()
+                    .is_none()
+            }
+        );
+        assert_clean(repo, &format!("after refusing {reference}"));
+        eprintln!("refused: {}", stderr.lines().last().unwrap_or(""));
+    };
+    let repo = work.join("ours");
+    init(&repo);
+    refused(
+        &repo,
+        &format!("ostree:{}:nosuch", server.url),
+        "no ref \"nosuch\"",
+    );
+    // A repository that is not archive mode cannot be served.
+    let bare = work.join("bare-user");
+    ok(ostree(&bare).args(["init", "--mode=bare-user"]));
+    let bare_server = Server::start(&bare, 0.0);
+    refused(
+        &repo,
+        &format!("ostree:{}:r", bare_server.url),
+        "only archive repositories can be pulled from",
+    );
+    // A corrupted content object.
+    let hex = |kind: &str| {
+        let objects = objects_of(&source, &c);
+        let name = objects
+            .iter()
+            .find(|o| o.ends_with(kind))
+            .expect("object")
+            .clone();
+        source
+            .join("objects")
+            .join(&name[..2])
+            .join(name[2..].replace(".file", ".filez"))
+    };
+    let filez = hex(".file");
+    let pristine = std::fs::read(&filez).expect("read");
+    let mut bad = pristine.clone();
+    let at = bad.len() - 10;
+    bad[at] ^= 0x40;
+    std::fs::write(&filez, &bad).expect("write");
+    refused(&repo, &format!("ostree:{}:r", server.url), "corrupt");
+    std::fs::write(&filez, &pristine).expect("write");
+    // A tampered commit (its bytes no longer hash to the ref's name),
+    // into a repository that has not verified and kept it already.
+    let repo = work.join("ours-fresh");
+    init(&repo);
+    let commit_path = source
+        .join("objects")
+        .join(&c[..2])
+        .join(format!("{}.commit", &c[2..]));
+    let mut tampered = std::fs::read(&commit_path).expect("read");
+    let last = tampered.len() - 1;
+    tampered[last] ^= 1;
+    std::fs::write(&commit_path, &tampered).expect("write");
+    refused(&repo, &format!("ostree:{}:r", server.url), "corrupt");
+}
+
+#[test]
+fn killed_http_pull_resumes_fetching_only_what_was_missing() {
+    if !have_tools() {
+        return;
+    }
+    let work = tempfile::tempdir().expect("tempdir");
+    let work = work.path();
+    let tree = work.join("tree");
+    make_tree(&tree, 240, 7);
+    let source = work.join("served");
+    archive_repo(&source);
+    let c = commit(&source, "big", &tree);
+    let all = objects_of(&source, &c);
+    // Slow enough (10 ms an object, 2 at a time) that a kill lands mid-way.
+    let server = Server::start(&source, 0.01);
+    let repo = work.join("ours");
+    init(&repo);
+    let reference = format!("ostree:{}:big", server.url);
+    let mut child = ours(&repo)
+        .args(["image", "pull", &reference, "--fetch-jobs", "2"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn pull");
+    let wait_ms = rand::rng().random_range(300..1200);
+    std::thread::sleep(Duration::from_millis(wait_ms));
+    child.kill().expect("SIGKILL");
+    child.wait().expect("wait");
+    let held: BTreeSet<String> = walk_index(&repo.join("ostree/objects"));
+    assert!(
+        held.len() < all.len(),
+        "killed after {wait_ms} ms, the pull had already finished"
+    );
+    server.take_requests();
+
+    let report = pull(&repo, &server.url, "big", &["--fetch-jobs", "2"]);
+    let fetched: BTreeSet<String> = object_requests(&server.take_requests())
+        .into_iter()
+        .filter(|o| !o.ends_with(".commit") && !o.ends_with(".commitmeta"))
+        .collect();
+    let missing: BTreeSet<String> = all.difference(&held).cloned().collect();
+    assert_eq!(
+        fetched, missing,
+        "the re-run fetched exactly what was missing"
+    );
+    eprintln!(
+        "killed after {wait_ms} ms with {} of {} objects held; the re-run fetched {}",
+        held.intersection(&all).count(),
+        all.len(),
+        fetched.len()
+    );
+    // The result is the same image a clean pull makes.
+    let clean = work.join("clean");
+    init(&clean);
+    let fresh = pull(&clean, &server.url, "big", &[]);
+    assert_eq!(report["image"], fresh["image"]);
+    assert_clean(&repo, "after the resumed pull");
+}
+
+/// The objects the index holds, as `CHECKSUM.KIND`.
+fn walk_index(root: &Path) -> BTreeSet<String> {
+    let mut found = BTreeSet::new();
+    let Ok(dirs) = std::fs::read_dir(root) else {
+        return found;
+    };
+    for dir in dirs {
+        let dir = dir.expect("entry");
+        let prefix = dir.file_name().to_string_lossy().into_owned();
+        for entry in std::fs::read_dir(dir.path()).expect("index dir") {
+            let name = entry
+                .expect("entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned();
+            if !name.starts_with('.') {
+                found.insert(format!("{prefix}{name}"));
+            }
+        }
+    }
+    found
+}
