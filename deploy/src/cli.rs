@@ -340,6 +340,19 @@ pub enum ImageCommand {
         /// The new tag (replaces what it named).
         new: String,
     },
+    /// Copy a pulled image (layers, config, EROFS images, tag) from one
+    /// repository to another; objects are reflinked when both share a
+    /// filesystem. The tag is written last.
+    Copy {
+        /// The image's tag.
+        name: String,
+        /// The repository to copy from.
+        #[arg(long)]
+        from_repo: PathBuf,
+        /// The repository to copy into.
+        #[arg(long)]
+        to_repo: PathBuf,
+    },
     /// Remove a tag; `repo gc` then reclaims what only it kept.
     Untag {
         /// The tag.

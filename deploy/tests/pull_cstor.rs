@@ -8,7 +8,9 @@
 //! EROFS images must be the very ones the skopeo pull writes. A repository
 //! on ext4 gets copies and still the same digests. A store whose files or
 //! tar-split were tampered with is refused, each way with its own message,
-//! and leaves the repository fsck-clean with no image.
+//! and leaves the repository fsck-clean with no image. `image copy` to
+//! another repository reflinks (same filesystem) or copies (ext4), and
+//! both repositories stay clean with the same image.
 //!
 //! Needs root (loop mounts), `mkfs.xfs`, `mkfs.ext4`, `podman` and
 //! `skopeo`; skips with a printed reason otherwise.
@@ -267,6 +269,25 @@ fn podman_image_is_reflinked_and_equals_the_skopeo_pull() {
     assert_eq!(layer_streams(&direct).len(), 2);
     assert_clean(&skopeo, "after the skopeo pull");
 
+    // `image copy` to a third repository on the same filesystem: every
+    // object reflinked, both repositories clean, the same image.
+    let copy = root.join("copy");
+    init(&copy);
+    let before = xfs.available();
+    let copied = copy_image(&direct, &copy);
+    let used_copy = before.saturating_sub(xfs.available());
+    println!("image copy on XFS: {copied}, {used_copy} bytes of free space used");
+    assert_eq!(copied["copiedObjects"], 0, "{copied}");
+    assert!(count(&copied, "reflinkedObjects") > objects, "{copied}");
+    assert!(used_copy < reflinked / 8, "{used_copy} bytes used");
+    assert_eq!(inspect(&direct), inspect(&copy));
+    assert_eq!(layer_streams(&direct), layer_streams(&copy));
+    assert_clean(&direct, "after copying from it");
+    assert_clean(&copy, "after the copy");
+    // A second copy finds everything there.
+    let again = copy_image(&direct, &copy);
+    assert_eq!(count(&again, "reflinkedObjects"), 0, "{again}");
+
     // A repository on ext4, from the store on XFS: copies, same digests.
     let ext4 = match LoopFs::new(&["mkfs.ext4", "-q", "-F"], 256 << 20) {
         Ok(fs) => fs,
@@ -287,6 +308,31 @@ fn podman_image_is_reflinked_and_equals_the_skopeo_pull() {
     assert_eq!(copied["image"], via["image"]);
     assert_eq!(layer_streams(&other), layer_streams(&skopeo));
     assert_clean(&other, "after the pull to ext4");
+
+    // `image copy` across filesystems copies.
+    let across = ext4.path().join("across");
+    init(&across);
+    let copied = copy_image(&direct, &across);
+    assert_eq!(copied["reflinkedObjects"], 0, "{copied}");
+    assert!(count(&copied, "copiedObjects") > objects, "{copied}");
+    assert_eq!(inspect(&direct), inspect(&across));
+    assert_clean(&across, "after the copy to ext4");
+}
+
+/// `image copy cstor --from-repo FROM --to-repo TO --json`.
+fn copy_image(from: &Path, to: &Path) -> serde_json::Value {
+    let out = ok(Command::new(common::OURS)
+        .args(["--json", "image", "copy", "cstor", "--from-repo"])
+        .arg(from)
+        .arg("--to-repo")
+        .arg(to));
+    serde_json::from_str(&out).expect("copy prints JSON")
+}
+
+/// `image inspect cstor --json`.
+fn inspect(repo: &Path) -> serde_json::Value {
+    let out = ok(ours(repo).args(["--json", "image", "inspect", "cstor"]));
+    serde_json::from_str(&out).expect("inspect prints JSON")
 }
 
 /// The first file above the inline limit in a layer directory.

@@ -29,6 +29,7 @@ mod objects;
 mod refs;
 mod repo;
 pub mod splitstream;
+pub mod transfer;
 mod verity;
 
 pub use error::{Error, Result};

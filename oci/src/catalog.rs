@@ -14,6 +14,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::merge::{merge_layers, Departure, MergeError};
 use cfs_images::splitstream::{boot_image_ref_key, image_ref_key};
+use cfs_images::transfer::TransferStats;
 
 use crate::pull::{index_ref, layer_id, tag_ref};
 use crate::tar::layer_entries;
@@ -272,6 +273,35 @@ pub fn tag<H: FsVerityDigest>(
     }
     repo.name_stream(&manifest_id, &tag_ref(new))?;
     Ok(())
+}
+
+/// Copies the image tagged `tag` in `from` into `to` under the same tag:
+/// its manifest, config, layers, EROFS images and index, objects
+/// reflinked when both repositories share a filesystem (see
+/// [`cfs_images::transfer`]). The tag moves last.
+pub fn copy<H: FsVerityDigest>(
+    from: &Repository<H>,
+    to: &Repository<H>,
+    tag: &str,
+) -> Result<TransferStats, CatalogError> {
+    let no_tag = |e| match e {
+        cfs_images::Error::NotFound { kind: "stream", .. } => {
+            CatalogError::NoSuchTag(tag.to_owned())
+        }
+        e => e.into(),
+    };
+    from.open_stream(&format!("refs/{}", tag_ref(tag)))
+        .map_err(no_tag)?;
+    let mut stats = TransferStats::default();
+    match from.open_stream(&format!("refs/{}", index_ref(tag))) {
+        Ok(_) => stats.add(&to.copy_ref_from(from, &index_ref(tag))?),
+        Err(cfs_images::Error::NotFound { .. }) => {
+            to.remove_stream_ref(&index_ref(tag))?;
+        }
+        Err(e) => return Err(e.into()),
+    }
+    stats.add(&to.copy_ref_from(from, &tag_ref(tag))?);
+    Ok(stats)
 }
 
 /// Removes the tag `name` (and its index); `repo gc` then reclaims what

@@ -236,6 +236,38 @@ pub fn run<H: FsVerityDigest>(args: &Args, command: &ImageCommand) -> Result<()>
             let repo = open_repo::<H>(args)?;
             catalog::tag(&repo, source, new)?;
         }
+        ImageCommand::Copy {
+            name,
+            from_repo,
+            to_repo,
+        } => {
+            let open = |path: &Path| {
+                cfs_images::Repository::<H>::open(path)
+                    .with_context(|| format!("opening repository {}", path.display()))
+            };
+            let (from, to) = (open(from_repo)?, open(to_repo)?);
+            let stats = catalog::copy(&from, &to, name).with_context(|| {
+                format!(
+                    "copying {name} from {} to {}",
+                    from_repo.display(),
+                    to_repo.display()
+                )
+            })?;
+            if args.json {
+                print_json(&serde_json::json!({
+                    "tag": name,
+                    "reflinkedObjects": stats.reflinked,
+                    "copiedObjects": stats.copied,
+                    "presentObjects": stats.present,
+                    "bytes": stats.bytes,
+                }))?;
+            } else {
+                println!(
+                    "copied {name}: {} objects reflinked, {} copied, {} already present, {} bytes",
+                    stats.reflinked, stats.copied, stats.present, stats.bytes
+                );
+            }
+        }
         ImageCommand::Untag { name } => {
             let repo = open_repo::<H>(args)?;
             catalog::untag(&repo, name)?;

@@ -21,6 +21,7 @@ pub fn run(args: Args) -> Result<()> {
         true => {
             let path = match (&args.command, host_args(&args.command)) {
                 (Command::SetupRoot { sysroot, .. }, _) => sysroot.join(crate::host::REPO_DIR),
+                (Command::Image(ImageCommand::Copy { from_repo, .. }), _) => from_repo.clone(),
                 (_, Some(host)) => host.sysroot.join(crate::host::REPO_DIR),
                 (_, None) => repo_path(&args),
             };
@@ -57,6 +58,7 @@ fn uses_existing_repo(command: &Command) -> bool {
                 | ImageCommand::Mount { .. }
                 | ImageCommand::Rm { .. }
                 | ImageCommand::Pull { .. }
+                | ImageCommand::Copy { .. }
         ),
     }
 }
