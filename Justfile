@@ -58,3 +58,4 @@ bench:
     cargo build --release -p cfs-deploy
     scripts/bench-import.sh target/release/cfs-deploy
     scripts/bench-pull.sh target/release/cfs-deploy
+    scripts/bench-cstor.sh target/release/cfs-deploy
