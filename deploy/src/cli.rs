@@ -325,6 +325,10 @@ pub enum ImageCommand {
         #[arg(long, value_name = "N", default_value_t = 8,
               value_parser = clap::value_parser!(u16).range(1..=256))]
         fetch_jobs: u16,
+        /// Fetch an ostree commit object by object even when the server
+        /// has a static delta to it.
+        #[arg(long)]
+        disable_static_deltas: bool,
     },
     /// List pulled OCI images by tag.
     Ls,

@@ -51,6 +51,21 @@ pub struct FetchStats {
     pub bytes: u64,
     /// Objects needed but found in the index, so not fetched.
     pub held: u64,
+    /// Static delta superblocks requested.
+    pub delta_superblocks: u64,
+    /// Static delta part files fetched.
+    pub delta_parts: u64,
+}
+
+/// Which file of a static delta is fetched, for counting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeltaFile {
+    /// `delta-indexes/…`: counted with the other repository files.
+    Index,
+    /// `deltas/…/superblock`.
+    Superblock,
+    /// `deltas/…/N`.
+    Part,
 }
 
 #[derive(Debug, Default)]
@@ -60,6 +75,8 @@ struct Counters {
     content_objects: AtomicU64,
     bytes: AtomicU64,
     held: AtomicU64,
+    delta_superblocks: AtomicU64,
+    delta_parts: AtomicU64,
 }
 
 /// Counts the bytes read through it.
@@ -112,7 +129,31 @@ impl<'a, H: FsVerityDigest> Fetcher<'a, H> {
             content_objects: c.content_objects.load(Ordering::Relaxed),
             bytes: c.bytes.load(Ordering::Relaxed),
             held: c.held.load(Ordering::Relaxed),
+            delta_superblocks: c.delta_superblocks.load(Ordering::Relaxed),
+            delta_parts: c.delta_parts.load(Ordering::Relaxed),
         }
+    }
+
+    /// Reads a file of a static delta whole, counted by its kind.
+    pub fn fetch_delta_file(
+        &self,
+        path: &str,
+        limit: u64,
+        kind: DeltaFile,
+    ) -> Result<Option<Vec<u8>>, OstreeError> {
+        let counter = match kind {
+            DeltaFile::Index => &self.counters.files,
+            DeltaFile::Superblock => &self.counters.delta_superblocks,
+            DeltaFile::Part => &self.counters.delta_parts,
+        };
+        let data = self.source.fetch(path, limit)?;
+        counter.fetch_add(1, Ordering::Relaxed);
+        if let Some(data) = &data {
+            self.counters
+                .bytes
+                .fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+        Ok(data)
     }
 
     /// Reads a repository file (not an object) whole, counted.

@@ -15,6 +15,7 @@ use cfs_images::Repository;
 
 use crate::checksum::Checksum;
 use crate::convert::{commit_to_filesystem, CommitObjects, ConvertStats};
+use crate::delta::pull::pull_delta;
 use crate::error::OstreeError;
 use crate::fetch::{FetchStats, Fetcher, IndexedObjects, DEFAULT_FETCH_JOBS};
 use crate::index::ObjectIndex;
@@ -37,6 +38,22 @@ pub fn commit_stream_id(commit: &Checksum) -> String {
 /// `ostree/<tag>` with `%` and `/` escaped, as composefs-rs names them.
 pub fn tag_ref(tag: &str) -> String {
     format!("ostree/{}", tag.replace('%', "%25").replace('/', "%2F"))
+}
+
+/// The commit the tag `tag` names, if it exists.
+fn tagged_commit<H: FsVerityDigest>(
+    repo: &Repository<H>,
+    tag: &str,
+) -> Result<Option<Checksum>, OstreeError> {
+    let name = tag_ref(tag);
+    Ok(repo
+        .list_refs("streams")?
+        .into_iter()
+        .find(|(rel, _)| *rel == name)
+        .and_then(|(_, target)| {
+            let stream = target.rsplit('/').next()?;
+            Checksum::from_hex(stream.strip_prefix("ostree-images-")?).ok()
+        }))
 }
 
 /// What a pull did.
@@ -95,12 +112,15 @@ pub fn pull_local<H: FsVerityDigest>(
 pub struct RemoteOptions {
     /// How many fetches run at a time.
     pub fetch_jobs: usize,
+    /// Whether to use a static delta when the remote has one that fits.
+    pub static_deltas: bool,
 }
 
 impl Default for RemoteOptions {
     fn default() -> Self {
         Self {
             fetch_jobs: DEFAULT_FETCH_JOBS,
+            static_deltas: true,
         }
     }
 }
@@ -123,6 +143,12 @@ pub fn pull_remote<H: FsVerityDigest>(
     let checksum = fetcher.resolve(rev)?;
     let tag = tag.unwrap_or(rev).to_owned();
     let _commitmeta = fetcher.commitmeta(&checksum)?;
+    // A delta brings the commit and its objects into the index; the
+    // steps below then find them there and fetch only what it left out.
+    if options.static_deltas && repo.has_stream(&commit_stream_id(&checksum))?.is_none() {
+        let current = tagged_commit(repo, &tag)?;
+        pull_delta(&fetcher, &index, repo, &checksum, current.as_ref())?;
+    }
     let (commit, commit_bytes) = fetcher.commit(&checksum)?;
     if let Some(report) = already_pulled(repo, &checksum, &tag, || Ok(commit.subject.clone()))? {
         return Ok((report, fetcher.stats()));

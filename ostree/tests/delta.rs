@@ -12,11 +12,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+use cfs_erofs::digest::{FsVerityDigest, Sha512Digest};
+use cfs_images::{InitOptions, Repository};
 use cfs_ostree::delta::{
     apply_parts, fetch_superblock, naming, parse_delta_index, parse_summary_deltas, ApplyStats,
     ListedDelta, NoReadSource, ObjectSink, ObjectType, OpCounts, ReadSource, Superblock,
 };
 use cfs_ostree::object::FileHeader;
+use cfs_ostree::pull::{pull_local, pull_remote, RemoteOptions};
 use cfs_ostree::repo::LocalRepo;
 use cfs_ostree::{Checksum, OstreeError};
 
@@ -488,4 +491,149 @@ fn delta_index_and_summary_list_the_deltas() {
             .unwrap()
             .is_some()
     );
+}
+
+/// A composefs repository in a temporary directory, as `repo init
+/// --insecure` makes one (SHA-512, no fs-verity needed).
+fn composefs_repo(dir: &Path) -> Repository<Sha512Digest> {
+    let options = InitOptions {
+        insecure: true,
+        ..InitOptions::default()
+    };
+    Repository::init(dir, &options).unwrap()
+}
+
+fn assert_fsck_clean(repo: &Repository<Sha512Digest>) {
+    let report = repo.fsck(false).unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+}
+
+/// The reference's image of `rev` (`cfsctl ostree pull-local`, then
+/// `compute-id`), if cfsctl is installed.
+fn reference_image(source: &Path, rev: &Checksum, work: &Path) -> Option<String> {
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))?;
+    let cfsctl = home.join("bin/cfsctl");
+    if !cfsctl.exists() {
+        eprintln!("cfsctl is not installed: the reference comparison is skipped");
+        return None;
+    }
+    let repo = work.join("reference");
+    let cfsctl = |args: &[&str]| {
+        let mut cmd = Command::new(&cfsctl);
+        cmd.arg("--repo").arg(&repo).args(args);
+        run(&mut cmd)
+    };
+    cfsctl(&["--hash", "sha512", "init", "--insecure"]);
+    let source = source.to_str().unwrap();
+    cfsctl(&["--insecure", "ostree", "pull-local", source, &rev.to_hex()]);
+    Some(
+        cfsctl(&["--insecure", "ostree", "compute-id", &rev.to_hex()])
+            .trim()
+            .to_owned(),
+    )
+}
+
+/// Pulls through deltas fetch the delta and nothing else but fallbacks,
+/// and build the same images as a loose pull and as the reference.
+#[test]
+fn pulls_use_deltas_and_fetch_only_them() {
+    let f = fixture();
+    let work = tempfile::tempdir().unwrap();
+    let source = f.repo.to_str().unwrap();
+    let options = RemoteOptions::default();
+
+    // A new tag: the scratch delta to C1, nothing fetched loose.
+    let ours = composefs_repo(&work.path().join("ours"));
+    let (first, stats) = pull_remote(&ours, source, &f.c1.to_hex(), Some("os"), &options).unwrap();
+    assert_eq!(
+        (stats.delta_superblocks, stats.delta_parts),
+        (1, 1),
+        "{stats:?}"
+    );
+    assert_eq!(
+        (stats.metadata_objects, stats.content_objects),
+        (0, 0),
+        "{stats:?}"
+    );
+
+    // C1 -> C2: the from-delta, and only its fallback loose.
+    let (second, stats) = pull_remote(&ours, source, &f.c2.to_hex(), Some("os"), &options).unwrap();
+    eprintln!("C1 -> C2 through the delta: {stats:?}");
+    assert_eq!(
+        (stats.delta_superblocks, stats.delta_parts),
+        (1, 1),
+        "{stats:?}"
+    );
+    assert_eq!(
+        (stats.metadata_objects, stats.content_objects),
+        (0, 1),
+        "{stats:?}"
+    );
+    let delta_bytes = std::fs::metadata(f.repo.join(naming::part_path(Some(&f.c1), &f.c2, 0)))
+        .unwrap()
+        .len();
+    assert!(stats.bytes > delta_bytes, "{stats:?}");
+    assert_fsck_clean(&ours);
+
+    // The same commits pulled object by object give the same images.
+    let loose = composefs_repo(&work.path().join("loose"));
+    let no_deltas = RemoteOptions {
+        static_deltas: false,
+        ..RemoteOptions::default()
+    };
+    for (rev, image) in [(&f.c1, &first.image), (&f.c2, &second.image)] {
+        let (report, stats) = pull_remote(&loose, source, &rev.to_hex(), None, &no_deltas).unwrap();
+        eprintln!("{rev} object by object: {stats:?}");
+        assert_eq!((stats.delta_superblocks, stats.delta_parts), (0, 0));
+        assert!(stats.metadata_objects > 0);
+        assert_eq!(&report.image, image, "{rev}");
+        let local = pull_local(
+            &composefs_repo(&work.path().join("local")),
+            &f.repo,
+            &rev.to_hex(),
+            None,
+        )
+        .unwrap();
+        assert_eq!(&local.image, image, "{rev}");
+    }
+    if let Some(reference) = reference_image(&f.repo, &f.c2, work.path()) {
+        assert_eq!(second.image.to_hex(), reference);
+        eprintln!("C2's image equals cfsctl ostree compute-id: {reference}");
+    }
+}
+
+/// A delta pull that fails leaves a clean repository, and the retry
+/// fetches the parts it lacks, not the ones it completed.
+#[test]
+fn a_damaged_delta_fails_the_pull_cleanly() {
+    let f = fixture();
+    let work = tempfile::tempdir().unwrap();
+    let copy = work.path().join("source");
+    run(Command::new("cp").arg("-a").arg(&f.repo).arg(&copy));
+    let part = copy.join(naming::part_path(None, &f.c1, 0));
+    let good = std::fs::read(&part).unwrap();
+    std::fs::write(&part, &good[..good.len() / 2]).unwrap();
+
+    let ours = composefs_repo(&work.path().join("ours"));
+    let source = copy.to_str().unwrap();
+    let options = RemoteOptions::default();
+    let error = pull_remote(&ours, source, &f.c1.to_hex(), Some("os"), &options).unwrap_err();
+    let message = error.to_string();
+    assert!(
+        message.contains("delta part 0") && message.contains("truncated"),
+        "{message}"
+    );
+    assert_fsck_clean(&ours);
+
+    std::fs::write(&part, &good).unwrap();
+    let (_, stats) = pull_remote(&ours, source, &f.c1.to_hex(), Some("os"), &options).unwrap();
+    assert_eq!(stats.delta_parts, 1);
+    assert_eq!(
+        (stats.metadata_objects, stats.content_objects),
+        (0, 0),
+        "{stats:?}"
+    );
+    assert_fsck_clean(&ours);
 }

@@ -90,6 +90,7 @@ pub fn run<H: FsVerityDigest>(args: &Args, command: &ImageCommand) -> Result<()>
             storage_root,
             via_skopeo,
             fetch_jobs,
+            disable_static_deltas,
         } => {
             if let Some(ostree) = reference.strip_prefix("ostree:") {
                 if platform.is_some() || *insecure_registry {
@@ -97,6 +98,7 @@ pub fn run<H: FsVerityDigest>(args: &Args, command: &ImageCommand) -> Result<()>
                 }
                 let options = cfs_ostree::pull::RemoteOptions {
                     fetch_jobs: usize::from(*fetch_jobs),
+                    static_deltas: !*disable_static_deltas,
                 };
                 return pull_ostree::<H>(args, ostree, name.as_deref(), &options);
             }
@@ -368,6 +370,8 @@ fn pull_ostree<H: FsVerityDigest>(
                 "contentObjects": f.content_objects,
                 "bytes": f.bytes,
                 "held": f.held,
+                "deltaSuperblocks": f.delta_superblocks,
+                "deltaParts": f.delta_parts,
             })),
             "image": report.image.to_hex(),
             "bootImage": report.boot_image.as_ref().ok().map(|d| d.to_hex()),
@@ -384,6 +388,12 @@ fn pull_ostree<H: FsVerityDigest>(
                 "fetched {} metadata and {} content objects, {} other files, {} bytes; {} objects already held",
                 f.metadata_objects, f.content_objects, f.files, f.bytes, f.held
             );
+            if f.delta_superblocks > 0 {
+                println!(
+                    "static delta: {} superblock, {} parts",
+                    f.delta_superblocks, f.delta_parts
+                );
+            }
         }
         println!("image {}", report.image.to_hex());
         println!("boot image {boot}");

@@ -21,6 +21,7 @@ pub mod error;
 pub mod execute;
 pub mod naming;
 pub mod part;
+pub mod pull;
 pub mod superblock;
 
 pub use apply::{apply_parts, fetch_superblock, ApplyStats, Fetch};
