@@ -23,7 +23,7 @@ if [ ! -f "$image" ]; then
 fi
 mkdir -p "$mnt"
 mountpoint -q "$mnt" || mount -o loop "$image" "$mnt"
-trap 'umount "$mnt" 2> /dev/null || true' EXIT
+trap 'umount -R "$mnt" 2> /dev/null || true' EXIT
 podman=(podman --root "$mnt/store" --runroot "$mnt/run" --storage-driver overlay)
 
 if [ ! -f "$mnt/.complete" ]; then
