@@ -612,28 +612,67 @@ fn a_damaged_delta_fails_the_pull_cleanly() {
     let work = tempfile::tempdir().unwrap();
     let copy = work.path().join("source");
     run(Command::new("cp").arg("-a").arg(&f.repo).arg(&copy));
-    let part = copy.join(naming::part_path(None, &f.c1, 0));
-    let good = std::fs::read(&part).unwrap();
-    std::fs::write(&part, &good[..good.len() / 2]).unwrap();
-
     let ours = composefs_repo(&work.path().join("ours"));
     let source = copy.to_str().unwrap();
     let options = RemoteOptions::default();
-    let error = pull_remote(&ours, source, &f.c1.to_hex(), Some("os"), &options).unwrap_err();
-    let message = error.to_string();
+    let pull = |rev: &Checksum| pull_remote(&ours, source, &rev.to_hex(), Some("os"), &options);
+
+    // A superblock whose carried commit was tampered with: the index's
+    // digest no longer matches.
+    let superblock = copy.join(naming::superblock_path(None, &f.c1));
+    let good_superblock = std::fs::read(&superblock).unwrap();
+    let mut bad = good_superblock.clone();
+    let last = bad.len() - 20;
+    bad[last] ^= 1;
+    std::fs::write(&superblock, &bad).unwrap();
+    let message = pull(&f.c1).unwrap_err().to_string();
     assert!(
-        message.contains("delta part 0") && message.contains("truncated"),
+        message.starts_with("delta superblock hashes to"),
+        "{message}"
+    );
+    assert_fsck_clean(&ours);
+    std::fs::write(&superblock, &good_superblock).unwrap();
+
+    // Regenerated in two parts (--max-chunk-size=1 puts the 1.5 MB file
+    // in a part of its own), the second cut short.
+    run(ostree(&copy).args(["static-delta", "delete", &f.c2.to_hex()]));
+    run(ostree(&copy).args([
+        "static-delta",
+        "generate",
+        "--empty",
+        &format!("--to={}", f.c2),
+        "--max-chunk-size=1",
+    ]));
+    run(ostree(&copy).args(["static-delta", "reindex"]));
+    let superblock = std::fs::read(copy.join(naming::superblock_path(None, &f.c2))).unwrap();
+    let parts = Superblock::parse(&superblock).unwrap().parts.len();
+    assert!(parts >= 2, "{parts} parts");
+    let part = copy.join(naming::part_path(None, &f.c2, parts - 1));
+    let good = std::fs::read(&part).unwrap();
+    std::fs::write(&part, &good[..good.len() / 2]).unwrap();
+    let message = pull(&f.c2).unwrap_err().to_string();
+    assert!(
+        message.starts_with(&format!("delta part {}", parts - 1)) && message.contains("truncated"),
         "{message}"
     );
     assert_fsck_clean(&ours);
 
+    // Repaired, the retry fetches only the part that failed.
     std::fs::write(&part, &good).unwrap();
-    let (_, stats) = pull_remote(&ours, source, &f.c1.to_hex(), Some("os"), &options).unwrap();
-    assert_eq!(stats.delta_parts, 1);
+    let (report, stats) = pull(&f.c2).unwrap();
+    assert_eq!(stats.delta_parts, 1, "{stats:?}");
     assert_eq!(
         (stats.metadata_objects, stats.content_objects),
         (0, 0),
         "{stats:?}"
     );
     assert_fsck_clean(&ours);
+    let local = pull_local(
+        &composefs_repo(&work.path().join("local")),
+        &f.repo,
+        &f.c2.to_hex(),
+        None,
+    )
+    .unwrap();
+    assert_eq!(report.image, local.image);
 }
