@@ -115,6 +115,7 @@ pub fn execute(
     let mut run = Run {
         part_index: index,
         objects: &header.objects,
+        declared_size: header.uncompressed_size,
         part,
         source,
         next: 0,
@@ -155,6 +156,8 @@ struct OpenFile {
 struct Run<'a> {
     part_index: usize,
     objects: &'a [(ObjectType, Checksum)],
+    /// The total size of the objects the part header declares.
+    declared_size: u64,
     part: &'a Part,
     source: &'a dyn ReadSource,
     /// The next object of `objects` to build.
@@ -359,6 +362,15 @@ impl Run<'_> {
         let header =
             FileHeader::from_parts(meta, String::new()).map_err(|reason| self.fail(reason))?;
         let size = self.varint()?;
+        // Writes from a read source cost a few operation bytes each, so
+        // the payload does not bound a file built from them; the part
+        // header's total does (the generator counts every file in it).
+        if size > self.declared_size {
+            return Err(self.fail(format!(
+                "opens a {size}-byte file in a part declaring {} bytes of objects",
+                self.declared_size
+            )));
+        }
         self.open = Some(OpenFile {
             checksum,
             header,
@@ -562,7 +574,7 @@ mod tests {
         let header = PartHeader {
             checksum: Checksum([0; 32]),
             compressed_size: 0,
-            uncompressed_size: 0,
+            uncompressed_size: 1 << 20,
             objects,
         };
         let mut sink = Sink::default();
