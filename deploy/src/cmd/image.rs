@@ -18,6 +18,30 @@ use super::{open_repo, print_json};
 use crate::cli::{Args, ImageCommand, TreeOptions};
 use crate::progress::PullDisplay;
 
+/// Not root, the files of a rootless containers-storage store belong to
+/// the user's subordinate ids and many cannot be read as the user: run
+/// this command again inside the user namespace podman keeps for the
+/// store, as `podman unshare` does (where we are root, and the
+/// repository's files still belong to the user outside). Returns only if
+/// no namespace is needed (root, or inside one already).
+fn enter_store_userns(args: &Args) -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    if rustix::process::geteuid().is_root()
+        || std::env::var_os("_CONTAINERS_USERNS_CONFIGURED").is_some()
+    {
+        return Ok(());
+    }
+    let exe = std::env::current_exe().context("finding our own executable")?;
+    let mut command = std::process::Command::new("podman");
+    command.arg("unshare").arg(exe);
+    if args.repo.is_none() {
+        // Root in there, we would look for the system's repository.
+        command.arg("--repo").arg(super::repo_path(args));
+    }
+    let error = command.args(std::env::args_os().skip(1)).exec();
+    Err(error).context("running again under `podman unshare` to read a rootless store")
+}
+
 pub fn run<H: FsVerityDigest>(args: &Args, command: &ImageCommand) -> Result<()> {
     let version = args.erofs_version;
     match command {
@@ -101,6 +125,9 @@ pub fn run<H: FsVerityDigest>(args: &Args, command: &ImageCommand) -> Result<()>
                     static_deltas: !*disable_static_deltas,
                 };
                 return pull_ostree::<H>(args, ostree, name.as_deref(), &options);
+            }
+            if reference.starts_with("containers-storage:") && !via_skopeo {
+                enter_store_userns(args)?;
             }
             let repo = open_repo::<H>(args)?;
             let mut options = cfs_oci::fetch::FetchOptions::default();

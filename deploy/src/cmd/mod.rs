@@ -78,7 +78,7 @@ fn host_args(command: &Command) -> Option<&crate::cli::HostArgs> {
 }
 
 /// `--repo`, or where cfsctl looks by default.
-fn repo_path(args: &Args) -> PathBuf {
+pub(crate) fn repo_path(args: &Args) -> PathBuf {
     if let Some(path) = &args.repo {
         return path.clone();
     }

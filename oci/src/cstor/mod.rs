@@ -230,9 +230,13 @@ impl std::str::FromStr for StoreReference {
 
 /// The store podman would use: `storage.conf`'s `graphroot` and `driver`
 /// (`$CONTAINERS_STORAGE_CONF`, else the system's files), else the
-/// built-in default for root or for this user.
+/// built-in default for root or for this user. Inside the user namespace
+/// of `podman unshare` we are root but the store is still the user's:
+/// podman says so in `_CONTAINERS_ROOTLESS_UID`, as containers-storage
+/// reads it.
 pub fn default_store() -> Result<(PathBuf, Option<String>), CstorError> {
-    let rootless = !rustix::process::geteuid().is_root();
+    let rootless = !rustix::process::geteuid().is_root()
+        || std::env::var_os("_CONTAINERS_ROOTLESS_UID").is_some();
     let mut candidates: Vec<PathBuf> = Vec::new();
     if let Some(conf) = std::env::var_os("CONTAINERS_STORAGE_CONF") {
         candidates.push(conf.into());
