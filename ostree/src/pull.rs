@@ -15,7 +15,7 @@ use cfs_images::Repository;
 
 use crate::checksum::Checksum;
 use crate::convert::{commit_to_filesystem, CommitObjects, ConvertStats};
-use crate::delta::pull::pull_delta;
+use crate::delta::pull::{apply_delta, find_delta};
 use crate::error::OstreeError;
 use crate::fetch::{FetchStats, Fetcher, IndexedObjects, DEFAULT_FETCH_JOBS};
 use crate::index::ObjectIndex;
@@ -145,13 +145,20 @@ pub fn pull_remote<H: FsVerityDigest>(
     let _commitmeta = fetcher.commitmeta(&checksum)?;
     // A delta brings the commit and its objects into the index; the
     // steps below then find them there and fetch only what it left out.
-    if options.static_deltas && repo.has_stream(&commit_stream_id(&checksum))?.is_none() {
+    let delta = if options.static_deltas && repo.has_stream(&commit_stream_id(&checksum))?.is_none()
+    {
         let current = tagged_commit(repo, &tag)?;
-        pull_delta(&fetcher, &index, repo, &checksum, current.as_ref())?;
-    }
+        find_delta(&fetcher, &index, repo, &checksum, current.as_ref())?
+    } else {
+        None
+    };
     let (commit, commit_bytes) = fetcher.commit(&checksum)?;
     if let Some(report) = already_pulled(repo, &checksum, &tag, || Ok(commit.subject.clone()))? {
         return Ok((report, fetcher.stats()));
+    }
+    // The commit is checked; only now do the delta's parts come.
+    if let Some(delta) = &delta {
+        apply_delta(&fetcher, &index, repo, delta)?;
     }
     fetcher.fetch_tree(&commit)?;
     let report = store_commit(

@@ -10,7 +10,10 @@
 //! from scratch. "Held complete" means pulled to the end: its images
 //! stream exists and the index has its commit.
 //!
-//! Applying writes the carried commit and every object the parts build
+//! It happens in two steps, so that the commit can be checked (its
+//! signatures too) before any tree object is fetched: [`find_delta`]
+//! fetches the superblock and writes the commit it carries into the
+//! index; [`apply_delta`] then writes every object the parts build
 //! into the index (contents too large to inline into the composefs
 //! repository first), each checked against its name. Base files come
 //! from the index. Parts whose objects the index already holds are not
@@ -27,7 +30,7 @@ use super::apply::{apply_parts, fetch_superblock, ApplyStats};
 use super::discovery::{parse_delta_index, ListedDelta};
 use super::execute::{ObjectSink, ReadSource};
 use super::naming;
-use super::superblock::{ObjectType, PartHeader};
+use super::superblock::{ObjectType, PartHeader, Superblock};
 use crate::checksum::Checksum;
 use crate::convert::inline_max;
 use crate::error::OstreeError;
@@ -38,6 +41,20 @@ use crate::pull::commit_stream_id;
 
 /// The largest delta index read.
 const MAX_INDEX_SIZE: u64 = 16 << 20;
+
+/// A delta chosen for a pull: its superblock fetched and checked, its
+/// commit in the index, its parts not fetched yet.
+#[derive(Debug, Clone)]
+pub struct ChosenDelta {
+    superblock: Superblock,
+}
+
+impl ChosenDelta {
+    /// The base commit; `None` for a delta from scratch.
+    pub fn from(&self) -> Option<&Checksum> {
+        self.superblock.from.as_ref()
+    }
+}
 
 /// What a pull through a delta did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,17 +67,18 @@ pub struct DeltaPull {
     pub applied: ApplyStats,
 }
 
-/// Brings the objects of commit `to` into `index` through the best
-/// delta the fetcher's source offers; `None` (nothing written) when it
-/// offers none we can use. `current` is the commit the tag being pulled
-/// names now, if the tag exists.
-pub fn pull_delta<H: FsVerityDigest>(
+/// Finds the best delta to commit `to` the fetcher's source offers and
+/// fetches its superblock, whose commit goes into the index (so the
+/// commit is not fetched again, and can be checked, signatures and all,
+/// before any part is fetched); `None` when it offers none we can use.
+/// `current` is the commit the tag being pulled names now, if any.
+pub fn find_delta<H: FsVerityDigest>(
     fetcher: &Fetcher<'_, H>,
     index: &ObjectIndex,
     repo: &Repository<H>,
     to: &Checksum,
     current: Option<&Checksum>,
-) -> Result<Option<DeltaPull>, OstreeError> {
+) -> Result<Option<ChosenDelta>, OstreeError> {
     let index_file =
         fetcher.fetch_delta_file(&naming::index_path(to), MAX_INDEX_SIZE, DeltaFile::Index)?;
     // (from, superblock digest) to try, in order.
@@ -109,28 +127,39 @@ pub fn pull_delta<H: FsVerityDigest>(
             continue;
         };
         index.put_metadata(to, "commit", &superblock.commit)?;
-        let held = |header: &PartHeader| {
-            header
-                .objects
-                .iter()
-                .all(|(kind, checksum)| is_held(index, repo, *kind, checksum))
-        };
-        let mut part_fetch =
-            |path: &str, limit: u64| fetcher.fetch_delta_file(path, limit, DeltaFile::Part);
-        let applied = apply_parts(
-            &superblock,
-            &mut part_fetch,
-            &held,
-            &IndexFiles { index, repo },
-            &mut IndexSink { index, repo },
-        )?;
-        return Ok(Some(DeltaPull {
-            from,
-            fallbacks: superblock.fallbacks.len(),
-            applied,
-        }));
+        return Ok(Some(ChosenDelta { superblock }));
     }
     Ok(None)
+}
+
+/// Fetches and runs the parts of `delta` whose objects the index lacks,
+/// keeping every object they build.
+pub fn apply_delta<H: FsVerityDigest>(
+    fetcher: &Fetcher<'_, H>,
+    index: &ObjectIndex,
+    repo: &Repository<H>,
+    delta: &ChosenDelta,
+) -> Result<DeltaPull, OstreeError> {
+    let held = |header: &PartHeader| {
+        header
+            .objects
+            .iter()
+            .all(|(kind, checksum)| is_held(index, repo, *kind, checksum))
+    };
+    let mut part_fetch =
+        |path: &str, limit: u64| fetcher.fetch_delta_file(path, limit, DeltaFile::Part);
+    let applied = apply_parts(
+        &delta.superblock,
+        &mut part_fetch,
+        &held,
+        &IndexFiles { index, repo },
+        &mut IndexSink { index, repo },
+    )?;
+    Ok(DeltaPull {
+        from: delta.superblock.from,
+        fallbacks: delta.superblock.fallbacks.len(),
+        applied,
+    })
 }
 
 /// The timestamp of `commit` if it was pulled complete: its images
