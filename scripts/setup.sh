@@ -8,7 +8,7 @@ set -eu
 APT_PACKAGES="erofs-utils fsverity policycoreutils selinux-policy-default \
 mmdebstrap util-linux e2fsprogs time skopeo docker-registry podman umoci buildah \
 libssl-dev pkg-config systemd-boot systemd-boot-efi binutils dosfstools mtools fdisk \
-python3 qemu-system-x86 ovmf strace"
+python3 qemu-system-x86 ovmf strace ostree liblzma-dev"
 CFSCTL_VERSION=0.9.4
 
 run_root() {
