@@ -7,8 +7,13 @@
 //! - `cfs-deploy/<sha256>/vmlinuz` and `initrd`: a kernel and its
 //!   initramfs, named by the hash of both, so deployments with the same
 //!   kernel share one copy;
-//! - `loader/entries/<stem>[+N].conf`: Type 1 entries;
-//! - `EFI/Linux/<stem>[+N].efi`: UKIs (Type 2).
+//! - `loader/entries/<stem>[+N].conf`: Type 1 entries, for a kernel or
+//!   for a UKI (an `efi` line);
+//! - `EFI/cfs-deploy/<stem>.efi`: UKIs. Not in `EFI/Linux`, where
+//!   systemd-boot would list them itself as Type 2 entries ordered by the
+//!   sort key and version of their own `.osrel`, which a signed UKI
+//!   cannot change: through a Type 1 entry our sort key orders them, so
+//!   rollback works for UKIs too (bootc does the same).
 
 use std::io::{self, Write};
 use std::os::fd::AsFd;
@@ -23,13 +28,11 @@ use crate::uki::Uki;
 pub const KERNELS_DIR: &str = "cfs-deploy";
 /// Where Type 1 entries live on the ESP.
 pub const ENTRIES_DIR: &str = "loader/entries";
-/// Where Type 2 entries (UKIs) live on the ESP.
-pub const UKI_DIR: &str = "EFI/Linux";
+/// Where UKIs live on the ESP, each named by a Type 1 entry.
+pub const UKI_DIR: &str = "EFI/cfs-deploy";
 /// Where a staged Type 1 entry waits for [`promote`]: systemd-boot does
 /// not read it.
 pub const STAGED_ENTRIES_DIR: &str = "loader/entries.staged";
-/// Where a staged UKI waits for [`promote`].
-pub const STAGED_UKI_DIR: &str = "EFI/cfs-deploy.staged";
 
 /// What can stop an installation.
 #[derive(Debug, thiserror::Error)]
@@ -182,15 +185,7 @@ pub fn install_type1(
         efi: None,
         options: entry.options.clone(),
     };
-    let file = EntryName::new(&entry.stem, entry.tries, "conf").to_string();
-    let dir = if entry.staged {
-        STAGED_ENTRIES_DIR
-    } else {
-        ENTRIES_DIR
-    };
-    let entries = open_or_create(esp, dir)?;
-    let path = format!("{dir}/{file}");
-    write_atomic(&entries, &file, bls.to_text().as_bytes()).map_err(io_error("writing", &path))?;
+    let path = write_entry(esp, entry, &bls)?;
     Ok(Installed {
         entry: path,
         kernel_dir: Some(kernel_dir),
@@ -198,13 +193,13 @@ pub fn install_type1(
     })
 }
 
-/// Installs a UKI as a Type 2 entry, after checking that its sealed
-/// command line boots `boot_image` (hex).
+/// Installs a UKI, after checking that its sealed command line boots
+/// `boot_image` (hex), and a Type 1 entry running it: the UKI first, so
+/// that an entry never names a missing file. The entry has no `options`:
+/// the UKI's sealed command line is the one used.
 pub fn install_uki(
     esp: &Dir,
-    stem: &str,
-    tries: Option<u32>,
-    staged: bool,
+    entry: &NewEntry,
     bytes: &[u8],
     uki: &Uki,
     boot_image: &str,
@@ -216,16 +211,37 @@ pub fn install_uki(
             image: boot_image.to_owned(),
         });
     }
-    let file = EntryName::new(stem, tries, "efi").to_string();
-    let dir_name = if staged { STAGED_UKI_DIR } else { UKI_DIR };
-    let dir = open_or_create(esp, dir_name)?;
-    let path = format!("{dir_name}/{file}");
-    write_atomic(&dir, &file, bytes).map_err(io_error("writing", &path))?;
+    let file = format!("{}.efi", entry.stem);
+    let ukis = open_or_create(esp, UKI_DIR)?;
+    let uki_path = format!("{UKI_DIR}/{file}");
+    write_atomic(&ukis, &file, bytes).map_err(io_error("writing", &uki_path))?;
+    let bls = BlsEntry {
+        title: entry.title.clone(),
+        version: entry.version.clone(),
+        sort_key: entry.sort_key.clone(),
+        efi: Some(format!("/{uki_path}")),
+        ..BlsEntry::default()
+    };
+    let path = write_entry(esp, entry, &bls)?;
     Ok(Installed {
         entry: path,
         kernel_dir: None,
         kernel_shared: false,
     })
+}
+
+/// Writes `bls` as `entry`'s file, staged or live; returns its path.
+fn write_entry(esp: &Dir, entry: &NewEntry, bls: &BlsEntry) -> Result<String, InstallError> {
+    let file = EntryName::new(&entry.stem, entry.tries, "conf").to_string();
+    let dir = if entry.staged {
+        STAGED_ENTRIES_DIR
+    } else {
+        ENTRIES_DIR
+    };
+    let entries = open_or_create(esp, dir)?;
+    let path = format!("{dir}/{file}");
+    write_atomic(&entries, &file, bls.to_text().as_bytes()).map_err(io_error("writing", &path))?;
+    Ok(path)
 }
 
 /// Moves a staged entry (at `path` below the ESP) to where the boot
@@ -235,11 +251,10 @@ pub fn promote(esp: &Dir, path: &str) -> Result<String, InstallError> {
     let (dir, file) = path
         .rsplit_once('/')
         .ok_or_else(|| InstallError::NotAnEntry(path.to_owned()))?;
-    let live = match dir {
-        STAGED_ENTRIES_DIR => ENTRIES_DIR,
-        STAGED_UKI_DIR => UKI_DIR,
-        _ => return Err(InstallError::NotAnEntry(path.to_owned())),
-    };
+    if dir != STAGED_ENTRIES_DIR {
+        return Err(InstallError::NotAnEntry(path.to_owned()));
+    }
+    let live = ENTRIES_DIR;
     let from = esp.open_dir(dir).map_err(io_error("opening", dir))?;
     let to = open_or_create(esp, live)?;
     from.rename(file, &to, file)

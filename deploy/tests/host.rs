@@ -467,8 +467,8 @@ fn install_upgrade_rollback_switch_gc() {
 /// names a deployment whose boot image is complete in the repository (its
 /// bytes have the digest it is named by, our reader parses it, every
 /// object it names is there) and whose state has an origin, an `/etc` and
-/// the shared `/var`; each Type 1 entry's kernel and initramfs are on the
-/// ESP; `previous` (the default before) is still in the menu; fsck is
+/// the shared `/var`; the kernel, initramfs or UKI each entry names is on
+/// the ESP; `previous` (the default before) is still in the menu; fsck is
 /// clean. Returns the ids in boot order.
 fn assert_host_sound(fx: &Fixture, previous: Option<&str>, when: &str) -> Vec<String> {
     let repo = fx.root.join("composefs");
@@ -511,6 +511,7 @@ fn assert_host_sound(fx: &Fixture, previous: Option<&str>, when: &str) -> Vec<St
             if let Some(file) = line
                 .strip_prefix("linux ")
                 .or_else(|| line.strip_prefix("initrd "))
+                .or_else(|| line.strip_prefix("efi "))
             {
                 let path = fx.esp.join(file.trim().trim_start_matches('/'));
                 assert!(path.is_file(), "{when}: {id}'s entry names missing {file}");
@@ -1393,4 +1394,138 @@ fn etc_merge_keeps_the_metadata_of_each_side() {
         assert_host_sound(&fx, Some(&v2), "after a refused merge")[0],
         v2
     );
+}
+
+/// systemd's UKI stub, which `objcopy` turns into a UKI.
+const STUB: &str = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub";
+
+/// An OCI layout at `dir` whose only boot artefact is a UKI sealed for
+/// the image's own boot image: the boot image's digest is computed first
+/// (with `/boot` emptied, it does not depend on the UKI in it).
+fn uki_layout(work: &Path, version: &str) -> String {
+    let release = format!("ID=ukios\nPRETTY_NAME=\"UKI OS {version}\"\nVERSION_ID={version}\n");
+    let base = tar_archive(&[
+        ("boot/", b""),
+        ("sysroot/", b""),
+        ("usr/", b""),
+        ("usr/lib/", b""),
+        ("usr/lib/os-release", release.as_bytes()),
+        ("etc/", b""),
+        ("etc/hostname", b"uki\n"),
+    ]);
+    let layer = |tar: &[u8]| LayerSpec {
+        tar: tar.to_vec(),
+        blob: LayerBlob::Gzip,
+    };
+    let bare = work.join(format!("bare-{version}"));
+    write_layout(
+        &bare,
+        "latest",
+        &[ImageSpec::linux("amd64", vec![layer(&base)])],
+    )
+    .unwrap();
+    let digest = ok(Command::new(OURS).args([
+        "image",
+        "compute-id",
+        "--bootable",
+        &format!("oci:{}:latest", bare.display()),
+    ]))
+    .trim()
+    .to_owned();
+    let parts = work.join(format!("uki-{version}"));
+    std::fs::create_dir(&parts).unwrap();
+    let mut objcopy = Command::new("objcopy");
+    for (name, content, vma) in [
+        (".osrel", release.into_bytes(), "0x20000"),
+        (
+            ".cmdline",
+            format!("composefs=?{digest} rw").into_bytes(),
+            "0x30000",
+        ),
+        (".linux", vec![7; 8000], "0x2000000"),
+        (".initrd", b"initrd".to_vec(), "0x3000000"),
+    ] {
+        let file = parts.join(name.trim_start_matches('.'));
+        std::fs::write(&file, content).unwrap();
+        objcopy
+            .arg("--add-section")
+            .arg(format!("{name}={}", file.display()))
+            .arg("--change-section-vma")
+            .arg(format!("{name}={vma}"));
+    }
+    let uki = parts.join("os.efi");
+    ok(objcopy.arg(STUB).arg(&uki));
+    let uki_layer = tar_archive(&[
+        ("boot/EFI/", b""),
+        ("boot/EFI/Linux/", b""),
+        ("boot/EFI/Linux/os.efi", &std::fs::read(&uki).unwrap()),
+    ]);
+    let dir = work.join(format!("uki-layout-{version}"));
+    write_layout(
+        &dir,
+        "latest",
+        &[ImageSpec::linux(
+            "amd64",
+            vec![layer(&base), layer(&uki_layer)],
+        )],
+    )
+    .unwrap();
+    format!("oci:{}:latest", dir.display())
+}
+
+#[test]
+fn uki_deployments_roll_back_through_their_entries() {
+    let test = "uki_deployments_roll_back_through_their_entries";
+    if !is_root() || !have_bootctl() {
+        println!("SKIPPED {test}: needs root and bootctl");
+        return;
+    }
+    if !Path::new(STUB).exists() || Command::new("objcopy").arg("--version").output().is_err() {
+        println!("SKIPPED {test}: needs {STUB} (systemd-boot-efi) and objcopy (binutils)");
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let (v1, v2) = (uki_layout(work.path(), "1"), uki_layout(work.path(), "2"));
+    let esp_mount = Tmpfs::new("size=16m").unwrap();
+    let fx = Fixture {
+        esp: esp_mount.path().to_owned(),
+        root: work.path().join("root"),
+        work,
+        _esp: esp_mount,
+    };
+    std::fs::create_dir(&fx.root).unwrap();
+    ok(&mut install_to_filesystem(&fx.root, &fx.esp, &v1));
+    ok(&mut fx.ours(&["--quiet", "switch", &v2]));
+    assert_eq!(fx.order(), [("2".into(), Some(3)), ("1".into(), None)]);
+    assert_eq!(fx.bootctl(), ["UKI OS 2", "UKI OS 1"]);
+    assert_eq!(
+        std::fs::read_dir(fx.esp.join("EFI/cfs-deploy"))
+            .unwrap()
+            .count(),
+        2
+    );
+    assert!(!fx.esp.join("EFI/Linux").exists(), "not listed by itself");
+
+    ok(&mut fx.ours(&["rollback"]));
+    assert_eq!(fx.order(), [("1".into(), None), ("2".into(), Some(3))]);
+    assert_eq!(fx.bootctl(), ["UKI OS 1", "UKI OS 2"]);
+    ok(&mut fx.ours(&["rollback"]));
+    assert_eq!(fx.bootctl(), ["UKI OS 2", "UKI OS 1"]);
+    let ids = assert_host_sound(&fx, None, "after UKI rollbacks");
+
+    // Pruning a deployment takes its UKI with its entry.
+    let v3 = uki_layout(fx.work.path(), "3");
+    ok(&mut fx.ours(&["--quiet", "switch", &v3, "--keep", "2"]));
+    assert_eq!(fx.bootctl(), ["UKI OS 3", "UKI OS 2"]);
+    let ukis: Vec<_> = std::fs::read_dir(fx.esp.join("EFI/cfs-deploy"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(ukis.len(), 2, "{ukis:?}");
+    let v1_id = &ids[1];
+    assert!(
+        !ukis.iter().any(|u| v1_id.starts_with(&u[4..u.len() - 4])),
+        "v1's UKI is gone: {ukis:?}"
+    );
+    assert_host_sound(&fx, None, "after pruning a UKI deployment");
 }

@@ -316,24 +316,45 @@ fn ukis_are_checked_against_the_boot_image_and_listed() {
 
     // Sealed for another image: refused, both digests shown.
     let other = "cd".repeat(64);
-    let refused =
-        install_uki(&esp.dir(), "cfs-u", Some(3), false, &uki, parsed, &other).unwrap_err();
+    let entry = NewEntry {
+        stem: "cfs-u".into(),
+        title: "Test OS 5".into(),
+        version: "5".into(),
+        sort_key: "test".into(),
+        options: String::new(),
+        tries: Some(3),
+        staged: false,
+    };
+    let refused = install_uki(&esp.dir(), &entry, &uki, parsed, &other).unwrap_err();
     assert!(matches!(refused, InstallError::SealedMismatch { .. }));
     let message = refused.to_string();
     assert!(
         message.contains(&digest) && message.contains(&other),
         "{message}"
     );
-    assert!(!esp.path().join("EFI/Linux").exists(), "nothing written");
+    assert_eq!(
+        std::fs::read_dir(esp.path()).unwrap().count(),
+        0,
+        "nothing written"
+    );
 
-    install_uki(&esp.dir(), "cfs-u", Some(3), false, &uki, parsed, &digest).unwrap();
+    // A Type 1 entry runs the UKI (kept out of EFI/Linux, so that
+    // systemd-boot does not list it by itself), with its sealed command
+    // line.
+    let installed = install_uki(&esp.dir(), &entry, &uki, parsed, &digest).unwrap();
+    assert_eq!(installed.entry, "loader/entries/cfs-u+3.conf");
+    assert_eq!(
+        std::fs::read(esp.path().join("EFI/cfs-deploy/cfs-u.efi")).unwrap(),
+        uki
+    );
+    assert!(!esp.path().join("EFI/Linux").exists());
     let listed = esp.list();
     assert_eq!(listed.len(), 1, "{listed:#?}");
     assert_eq!(listed[0].title, "Test OS 5");
     assert_eq!(listed[0].version, "5");
-    assert_eq!(listed[0].id, "cfs-u.efi");
+    assert_eq!(listed[0].id, "cfs-u.conf");
     assert_eq!(listed[0].tries, "3 left");
-    assert!(listed[0].options.contains(&format!("composefs={digest}")));
+    assert!(listed[0].options.is_empty(), "{listed:#?}");
 }
 
 #[test]

@@ -21,13 +21,13 @@ pub mod xattrs;
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use cap_std::ambient_authority;
 use cap_std::fs::Dir;
 use cfs_boot::entries::{BlsEntry, EntryName};
 use cfs_boot::install::{
     install_type1, install_uki, promote, NewEntry, ENTRIES_DIR, KERNELS_DIR, STAGED_ENTRIES_DIR,
-    STAGED_UKI_DIR, UKI_DIR,
+    UKI_DIR,
 };
 use cfs_boot::resources::{find_boot_resources, BootArtifact, BootResources};
 use cfs_boot::uki::{ComposefsArg, Uki};
@@ -72,7 +72,7 @@ pub struct Deployment {
     pub entry_path: String,
     /// Its name, with the boot counter.
     pub entry: EntryName,
-    /// Type 1 fields (the title and version for a UKI come from it).
+    /// The entry's fields (for a UKI, an `efi` line and no options).
     pub bls: BlsEntry,
     /// Ordering: higher boots first.
     pub generation: u64,
@@ -132,12 +132,7 @@ impl Host {
     /// then the newest generation first).
     pub fn deployments(&self) -> Result<Vec<Deployment>> {
         let mut found = Vec::new();
-        for (dir, extension, staged) in [
-            (ENTRIES_DIR, "conf", false),
-            (UKI_DIR, "efi", false),
-            (STAGED_ENTRIES_DIR, "conf", true),
-            (STAGED_UKI_DIR, "efi", true),
-        ] {
+        for (dir, staged) in [(ENTRIES_DIR, false), (STAGED_ENTRIES_DIR, true)] {
             let path = self.boot.join(dir);
             let entries = match std::fs::read_dir(&path) {
                 Ok(entries) => entries,
@@ -150,24 +145,20 @@ impl Host {
                 let Some(name) = EntryName::parse(&file) else {
                     continue;
                 };
-                if !name.stem.starts_with(STEM_PREFIX) || name.extension != extension {
+                if !name.stem.starts_with(STEM_PREFIX) || name.extension != "conf" {
                     continue;
                 }
-                let (bls, arg) = if extension == "conf" {
-                    let text = std::fs::read_to_string(entry.path())?;
-                    let bls = BlsEntry::parse(&text);
-                    let arg = ComposefsArg::find(&bls.options);
-                    (bls, arg)
-                } else {
-                    let uki = Uki::inspect(&std::fs::read(entry.path())?)
-                        .with_context(|| format!("reading {}", entry.path().display()))?;
-                    let bls = BlsEntry {
-                        title: uki.os_release.title().unwrap_or_default().to_owned(),
-                        version: uki.os_release.best_version().unwrap_or_default().to_owned(),
-                        options: uki.cmdline.clone().unwrap_or_default(),
-                        ..BlsEntry::default()
-                    };
-                    (bls, uki.composefs())
+                let text = std::fs::read_to_string(entry.path())?;
+                let bls = BlsEntry::parse(&text);
+                let arg = match &bls.efi {
+                    // A UKI: its sealed command line names the image.
+                    Some(efi) => {
+                        let path = self.boot.join(efi.trim_start_matches('/'));
+                        Uki::inspect(&std::fs::read(&path)?)
+                            .with_context(|| format!("reading {}", path.display()))?
+                            .composefs()
+                    }
+                    None => ComposefsArg::find(&bls.options),
                 };
                 let Some(arg) = arg else {
                     continue;
@@ -360,18 +351,18 @@ pub fn deploy<H: FsVerityDigest>(
         .os_release
         .best_version()
         .map_or_else(|| kernel.clone(), str::to_owned);
+    let mut new = NewEntry {
+        stem: entry_stem(&id),
+        title,
+        version,
+        sort_key: sort_key(generation),
+        options: options.join(" "),
+        tries: entry.tries,
+        staged: entry.staged,
+    };
     match &resources.chosen.artifact {
         BootArtifact::Kernel { vmlinuz, initramfs } => {
             let content = RepoContent(repo);
-            let new = NewEntry {
-                stem: entry_stem(&id),
-                title,
-                version,
-                sort_key: sort_key(generation),
-                options: options.join(" "),
-                tries: entry.tries,
-                staged: entry.staged,
-            };
             install_type1(
                 &esp,
                 &new,
@@ -380,16 +371,15 @@ pub fn deploy<H: FsVerityDigest>(
             )?;
         }
         BootArtifact::Uki { file, uki } => {
+            // The menu shows what the UKI says of itself.
+            if let Some(title) = uki.os_release.title() {
+                new.title = title.to_owned();
+            }
+            if let Some(version) = uki.os_release.best_version() {
+                new.version = version.to_owned();
+            }
             let bytes = file.read(&RepoContent(repo))?;
-            install_uki(
-                &esp,
-                &entry_stem(&id),
-                entry.tries,
-                entry.staged,
-                &bytes,
-                uki,
-                &id,
-            )?;
+            install_uki(&esp, &new, &bytes, uki, &id)?;
         }
     }
     Ok(Deployed {
@@ -564,17 +554,11 @@ fn sync_tree(path: &Path) -> Result<()> {
 }
 
 /// Makes `target` the default for the next boot by giving it the newest
-/// generation (one atomic write of its entry). Type 1 entries only: a
-/// UKI's order comes from its own sections.
+/// generation (one atomic write of its entry; a UKI's entry too, whose
+/// sort key orders it).
 pub fn make_default(host: &Host, target: &Deployment) -> Result<()> {
     // As bootc does: a rollback drops what was staged.
     unstage(host)?;
-    if target.entry.extension != "conf" {
-        bail!(
-            "{} is a UKI: its place in the menu comes from its own .osrel",
-            target.entry_path
-        );
-    }
     let generation = host
         .deployments()?
         .iter()
@@ -639,6 +623,20 @@ pub fn prune<H: FsVerityDigest>(
             let needle = format!("/{KERNELS_DIR}/{name}/");
             if !live.iter().any(|d| d.bls.linux.starts_with(&needle)) {
                 std::fs::remove_dir_all(kernels.join(&name))?;
+            }
+        }
+    }
+    // UKIs no entry names.
+    let ukis = host.boot.join(UKI_DIR);
+    if let Ok(files) = std::fs::read_dir(&ukis) {
+        for file in files {
+            let name = file?.file_name().to_string_lossy().into_owned();
+            let path = format!("/{UKI_DIR}/{name}");
+            if !live
+                .iter()
+                .any(|d| d.bls.efi.as_deref() == Some(path.as_str()))
+            {
+                std::fs::remove_file(ukis.join(&name))?;
             }
         }
     }
