@@ -28,7 +28,7 @@ pub struct ListedDelta {
 }
 
 fn bad(reason: String) -> DeltaError {
-    DeltaError::Superblock(format!("delta index: {reason}"))
+    DeltaError::Index(reason)
 }
 
 /// Parses a delta name: `FROM-TO` or `TO`, in hex.

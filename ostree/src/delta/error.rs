@@ -10,6 +10,9 @@ pub enum DeltaError {
     /// The superblock cannot be read.
     #[error("delta superblock: {0}")]
     Superblock(String),
+    /// A delta index or a summary's list of deltas cannot be read.
+    #[error("delta index: {0}")]
+    Index(String),
     /// The superblock does not hash to what the delta index lists.
     #[error("delta superblock hashes to {actual}, but the delta index lists {expected}")]
     SuperblockChecksum {
