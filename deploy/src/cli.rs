@@ -329,6 +329,13 @@ pub enum ImageCommand {
         /// has a static delta to it.
         #[arg(long)]
         disable_static_deltas: bool,
+        /// An Ed25519 public key ostree commits must be signed with
+        /// (`ostree.sign.ed25519`): base64 of its 32 bytes, or a file of
+        /// such lines; repeatable. With any key given, an unsigned or
+        /// badly signed commit is refused, and so is a summary without a
+        /// good `summary.sig`.
+        #[arg(long, value_name = "BASE64|FILE")]
+        ed25519_key: Vec<String>,
     },
     /// List pulled OCI images by tag.
     Ls,

@@ -638,3 +638,169 @@ fn http_pull_through_static_deltas_fetches_only_the_delta() {
     }
     assert_clean(&repo, "after two delta pulls");
 }
+
+/// Adds an `ostree.sign.ed25519` signature of `signed_file`'s bytes,
+/// made by `openssl pkeyutl`, to the `a{sv}` at `meta_file` (created if
+/// absent), serialized by GLib: neither is our code.
+fn add_ed25519_signature(pem: &Path, signed_file: &Path, meta_file: &Path) {
+    const MERGE: &str = r#"
+import sys, subprocess, os
+from gi.repository import GLib
+pem, signed, meta_path = sys.argv[1:]
+sig = subprocess.run(["openssl", "pkeyutl", "-sign", "-rawin", "-inkey", pem, "-in", signed],
+                     check=True, capture_output=True).stdout
+meta = {}
+if os.path.exists(meta_path):
+    v = GLib.Variant.new_from_bytes(GLib.VariantType("a{sv}"), GLib.Bytes(open(meta_path, "rb").read()), False)
+    meta = {k: v.lookup_value(k, None) for k in v.keys()}
+meta["ostree.sign.ed25519"] = GLib.Variant("aay", [sig])
+out = GLib.Variant("a{sv}", meta).get_normal_form()
+open(meta_path, "wb").write(out.get_data_as_bytes().get_data())
+"#;
+    ok(Command::new("/usr/bin/python3")
+        .args(["-c", MERGE])
+        .arg(pem)
+        .arg(signed_file)
+        .arg(meta_file));
+}
+
+#[test]
+fn signatures_are_verified_against_configured_keys() {
+    if !have_tools() {
+        return;
+    }
+    let gi = Command::new("/usr/bin/python3")
+        .args(["-c", "from gi.repository import GLib"])
+        .output();
+    if !gi.is_ok_and(|o| o.status.success()) {
+        eprintln!("SKIPPED signatures: needs python3-gi (GLib) for the fixtures");
+        return;
+    }
+    let work = tempfile::tempdir().expect("tempdir");
+    let work = work.path();
+    let pem = work.join("ed25519.pem");
+    ok(Command::new("openssl")
+        .args(["genpkey", "-algorithm", "ed25519", "-out"])
+        .arg(&pem));
+    let public_der = output(
+        Command::new("openssl")
+            .args(["pkey", "-pubout", "-outform", "DER", "-in"])
+            .arg(&pem),
+    )
+    .stdout;
+    let ed25519_public = base64_of(&public_der[public_der.len() - 32..]);
+    let other_pem = work.join("other.pem");
+    ok(Command::new("openssl")
+        .args(["genpkey", "-algorithm", "ed25519", "-out"])
+        .arg(&other_pem));
+
+    let source = work.join("served");
+    archive_repo(&source);
+    let tree = work.join("tree");
+    make_tree(&tree, 6, 1);
+    let signed = commit(&source, "signed", &tree);
+    write(&tree.join("extra"), b"unsigned\n", 0o644);
+    let unsigned = commit(&source, "unsigned", &tree);
+    let object = |c: &str, kind: &str| {
+        source
+            .join("objects")
+            .join(&c[..2])
+            .join(format!("{}.{kind}", &c[2..]))
+    };
+    add_ed25519_signature(
+        &pem,
+        &object(&signed, "commit"),
+        &object(&signed, "commitmeta"),
+    );
+    ok(ostree(&source).args(["summary", "-u"]));
+    add_ed25519_signature(&pem, &source.join("summary"), &source.join("summary.sig"));
+    let server = Server::start(&source, 0.0);
+    let url = &server.url;
+    let ed_flag = format!("--ed25519-key={ed25519_public}");
+
+    let repo = work.join("ours");
+    init(&repo);
+    // Good signatures: through the summary (whose summary.sig is
+    // checked) and by commit checksum; the key inline and in a file.
+    let key_file = work.join("trusted.pub");
+    std::fs::write(&key_file, format!("{ed25519_public}\n")).expect("write key");
+    let file_flag = format!("--ed25519-key={}", key_file.display());
+    for (flag, rev) in [(&ed_flag, "signed"), (&file_flag, signed.as_str())] {
+        let report = pull(&repo, url, rev, &[flag]);
+        assert_eq!(report["commit"], signed.as_str(), "{flag} {rev}");
+    }
+    let requests = server.take_requests();
+    assert!(requests.iter().any(|r| r == "/summary.sig"), "{requests:?}");
+    assert!(
+        requests.iter().any(|r| r.ends_with(".commitmeta")),
+        "{requests:?}"
+    );
+
+    let refused = |flags: &[&str], rev: &str, needle: &str| {
+        let repo = work.join(format!("refusing-{}", rand::rng().random::<u32>()));
+        init(&repo);
+        let out = output(
+            ours(&repo)
+                .args(["image", "pull"])
+                .arg(format!("ostree:{url}:{rev}"))
+                .args(flags),
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{flags:?} {rev}: pull succeeded");
+        assert!(stderr.contains(needle), "{flags:?} {rev}: {stderr}");
+        assert!(
+            !repo
+                .join("images")
+                .read_dir()
+                .is_ok_and(|mut d| d.next().is_some()),
+            "an image was written"
+        );
+        assert_clean(&repo, &format!("after refusing {rev}"));
+        eprintln!("refused: {}", stderr.lines().last().unwrap_or(""));
+    };
+    // An unsigned commit when keys are configured (by checksum: the
+    // summary is fine, the commit has no .commitmeta at all).
+    refused(&[&ed_flag], &unsigned, "is not signed");
+    // Signatures by keys not configured.
+    let other_ed = format!(
+        "--ed25519-key={}",
+        base64_of(&{
+            let der = output(
+                Command::new("openssl")
+                    .args(["pkey", "-pubout", "-outform", "DER", "-in"])
+                    .arg(&other_pem),
+            )
+            .stdout;
+            der[der.len() - 32..].to_vec()
+        })
+    );
+    refused(&[&other_ed], &signed, "none of its 1 signatures verifies");
+    // A summary changed after it was signed.
+    let summary = std::fs::read(source.join("summary")).expect("summary");
+    let mut changed = summary.clone();
+    let last = changed.len() - 1;
+    changed[last] ^= 1;
+    std::fs::write(source.join("summary"), &changed).expect("write");
+    refused(&[&ed_flag], "signed", "summary refused");
+    std::fs::write(source.join("summary"), &summary).expect("write");
+    // A wrong signature on the commit: made over other bytes.
+    add_ed25519_signature(
+        &pem,
+        &object(&unsigned, "commit"),
+        &object(&signed, "commitmeta"),
+    );
+    refused(&[&ed_flag], &signed, "none of its 1 signatures verifies");
+    assert_clean(&repo, "after the signed pulls");
+}
+
+fn base64_of(data: &[u8]) -> String {
+    let mut child = Command::new("base64")
+        .arg("-w0")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("base64");
+    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), data).expect("write");
+    let out = child.wait_with_output().expect("base64");
+    String::from_utf8(out.stdout).expect("base64 text")
+}

@@ -46,6 +46,17 @@ pub enum OstreeError {
     /// The repository's mode is one we do not read.
     #[error("repository mode {0:?} is not supported (archive, archive-z2 and bare-user are)")]
     UnsupportedMode(String),
+    /// A configured key that cannot be used.
+    #[error("bad key: {0}")]
+    BadKey(String),
+    /// A commit or summary whose signatures do not satisfy the keys.
+    #[error("{what} refused: {reason}")]
+    Signature {
+        /// What was signed (commit CHECKSUM, summary).
+        what: String,
+        /// Why it was refused.
+        reason: String,
+    },
     /// A remote repository that is not in archive mode.
     #[error("the repository's mode is {0}: only archive repositories can be pulled from")]
     NotArchive(String),

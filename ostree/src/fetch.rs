@@ -26,6 +26,7 @@ use crate::error::OstreeError;
 use crate::index::{IndexedContent, IndexedFile, ObjectIndex};
 use crate::object::{self, Commit, DirTree, Meta};
 use crate::repo::{check_ref_name, config_value, open_archive_stream, MAX_METADATA_SIZE};
+use crate::sign::{TrustedKeys, MAX_SIGNATURES_SIZE};
 use crate::source::RepoSource;
 
 /// The default number of concurrent fetches: enough to hide the latency
@@ -185,12 +186,19 @@ impl<'a, H: FsVerityDigest> Fetcher<'a, H> {
 
     /// Resolves `rev`: a commit checksum as is, a ref through the
     /// `summary` if the source has one listing it, else `refs/heads/REF`.
-    pub fn resolve(&self, rev: &str) -> Result<Checksum, OstreeError> {
+    /// With `keys` configured, a summary is used only if `summary.sig`
+    /// verifies; a ref read from `refs/heads/` carries no signature, but
+    /// the commit it names is verified in turn.
+    pub fn resolve(&self, rev: &str, keys: &TrustedKeys) -> Result<Checksum, OstreeError> {
         if let Ok(checksum) = Checksum::from_hex(rev) {
             return Ok(checksum);
         }
         check_ref_name(rev, rev)?;
         if let Some(summary) = self.fetch_file("summary", MAX_SUMMARY_SIZE)? {
+            if !keys.is_empty() {
+                let signatures = self.fetch_file("summary.sig", MAX_SIGNATURES_SIZE)?;
+                keys.verify("summary", &summary, signatures.as_deref())?;
+            }
             let refs = object::parse_summary_refs(&summary).map_err(OstreeError::Summary)?;
             if let Some((_, checksum)) = refs.iter().find(|(name, _)| name == rev) {
                 return Ok(*checksum);

@@ -17,6 +17,7 @@ pub mod index;
 pub mod object;
 pub mod pull;
 pub mod repo;
+pub mod sign;
 pub mod source;
 
 pub use checksum::Checksum;

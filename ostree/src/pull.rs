@@ -21,6 +21,7 @@ use crate::fetch::{FetchStats, Fetcher, IndexedObjects, DEFAULT_FETCH_JOBS};
 use crate::index::ObjectIndex;
 use crate::object::Commit;
 use crate::repo::LocalRepo;
+use crate::sign::TrustedKeys;
 use crate::source::open_source;
 
 /// The content type of the stream that keeps a pulled commit's images
@@ -114,6 +115,9 @@ pub struct RemoteOptions {
     pub fetch_jobs: usize,
     /// Whether to use a static delta when the remote has one that fits.
     pub static_deltas: bool,
+    /// Keys commits (and the summary, when a ref is resolved through
+    /// it) must be signed with; none configured means no check.
+    pub keys: TrustedKeys,
 }
 
 impl Default for RemoteOptions {
@@ -121,6 +125,7 @@ impl Default for RemoteOptions {
         Self {
             fetch_jobs: DEFAULT_FETCH_JOBS,
             static_deltas: true,
+            keys: TrustedKeys::default(),
         }
     }
 }
@@ -140,9 +145,9 @@ pub fn pull_remote<H: FsVerityDigest>(
     let index = ObjectIndex::open(repo)?;
     let fetcher = Fetcher::new(&*source, &index, repo, options.fetch_jobs);
     fetcher.check_config()?;
-    let checksum = fetcher.resolve(rev)?;
+    let checksum = fetcher.resolve(rev, &options.keys)?;
     let tag = tag.unwrap_or(rev).to_owned();
-    let _commitmeta = fetcher.commitmeta(&checksum)?;
+    let commitmeta = fetcher.commitmeta(&checksum)?;
     // A delta brings the commit and its objects into the index; the
     // steps below then find them there and fetch only what it left out.
     let delta = if options.static_deltas && repo.has_stream(&commit_stream_id(&checksum))?.is_none()
@@ -153,6 +158,13 @@ pub fn pull_remote<H: FsVerityDigest>(
         None
     };
     let (commit, commit_bytes) = fetcher.commit(&checksum)?;
+    if !options.keys.is_empty() {
+        options.keys.verify(
+            &format!("commit {checksum}"),
+            &commit_bytes,
+            commitmeta.as_deref(),
+        )?;
+    }
     if let Some(report) = already_pulled(repo, &checksum, &tag, || Ok(commit.subject.clone()))? {
         return Ok((report, fetcher.stats()));
     }

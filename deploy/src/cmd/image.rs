@@ -115,6 +115,7 @@ pub fn run<H: FsVerityDigest>(args: &Args, command: &ImageCommand) -> Result<()>
             via_skopeo,
             fetch_jobs,
             disable_static_deltas,
+            ed25519_key,
         } => {
             if let Some(ostree) = reference.strip_prefix("ostree:") {
                 if platform.is_some() || *insecure_registry {
@@ -123,6 +124,7 @@ pub fn run<H: FsVerityDigest>(args: &Args, command: &ImageCommand) -> Result<()>
                 let options = cfs_ostree::pull::RemoteOptions {
                     fetch_jobs: usize::from(*fetch_jobs),
                     static_deltas: !*disable_static_deltas,
+                    keys: trusted_keys(ed25519_key)?,
                 };
                 return pull_ostree::<H>(args, ostree, name.as_deref(), &options);
             }
@@ -368,7 +370,10 @@ fn pull_ostree<H: FsVerityDigest>(
         bail!("an ostree source is ostree:REPO-PATH:REF (or :COMMIT), not ostree:{source}");
     };
     let repo = open_repo::<H>(args)?;
-    let remote = path.starts_with("http://") || path.starts_with("https://");
+    // Signatures are checked on the remote path, which also reads local
+    // archive repositories.
+    let remote =
+        path.starts_with("http://") || path.starts_with("https://") || !options.keys.is_empty();
     let (report, fetched) = if remote {
         let (report, fetched) = cfs_ostree::pull::pull_remote(&repo, path, rev, tag, options)
             .with_context(|| format!("pulling {rev} from ostree repository {path}"))?;
@@ -427,6 +432,23 @@ fn pull_ostree<H: FsVerityDigest>(
         println!("tagged {}", report.tag);
     }
     Ok(())
+}
+
+/// The keys given on the command line: Ed25519 keys inline or in files.
+fn trusted_keys(ed25519: &[String]) -> Result<cfs_ostree::sign::TrustedKeys> {
+    let mut keys = cfs_ostree::sign::TrustedKeys::default();
+    for given in ed25519 {
+        let path = Path::new(given);
+        let text = if path.is_file() {
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading --ed25519-key {given}"))?
+        } else {
+            given.clone()
+        };
+        keys.add_ed25519(&text)
+            .with_context(|| format!("--ed25519-key {given}"))?;
+    }
+    Ok(keys)
 }
 
 /// The JSON form of a pulled image, shared by `image ls` and `inspect`.
