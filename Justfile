@@ -59,3 +59,4 @@ bench:
     scripts/bench-import.sh target/release/cfs-deploy
     scripts/bench-pull.sh target/release/cfs-deploy
     scripts/bench-cstor.sh target/release/cfs-deploy
+    scripts/bench-ostree.sh target/release/cfs-deploy
