@@ -177,7 +177,7 @@ pub struct DeployArgs {
 #[derive(Debug, Subcommand)]
 pub enum InstallCommand {
     /// Partition a disk (or disk image file), make an ESP and an ext4
-    /// root, and install onto them.
+    /// root (with the fs-verity feature), and install onto them.
     ToDisk {
         /// The block device or image file (created if missing).
         target: PathBuf,
@@ -233,6 +233,10 @@ pub enum RepoCommand {
     },
     /// List image and stream refs.
     Ls,
+    /// Give every object fs-verity (each checked against its name), then
+    /// make the repository secure: for a host installed insecure from a
+    /// machine without fs-verity, once booted on a kernel that has it.
+    EnableVerity,
 }
 
 /// How a directory becomes a tree, as `cfsctl` reads one.

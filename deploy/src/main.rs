@@ -8,6 +8,7 @@ mod cmd;
 mod host;
 mod progress;
 mod setup_root;
+mod writable;
 
 use std::io::ErrorKind;
 use std::process::ExitCode;

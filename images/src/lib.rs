@@ -28,6 +28,7 @@ pub mod mount;
 mod objects;
 mod refs;
 mod repo;
+pub mod secure;
 pub mod splitstream;
 pub mod transfer;
 mod verity;

@@ -355,8 +355,10 @@ fn to_disk<H: FsVerityDigest>(
     let root_offset = (1 + ESP_MIB) << 20;
     // Leave room for the backup GPT at the end.
     let root_kib = (bytes - root_offset - (1 << 20)) >> 10;
+    // The verity feature even for an insecure repository: booted on a
+    // kernel with fs-verity, `repo enable-verity` makes it secure.
     run(Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-L", "root", "-E"])
+        .args(["-q", "-F", "-L", "root", "-O", "verity", "-E"])
         .arg(format!("offset={root_offset}"))
         .arg("-d")
         .arg(&root)

@@ -17,6 +17,10 @@ use crate::cli::{Args, Command, Hash, ImageCommand, RepoCommand};
 /// Runs `args`. The digest type is picked once, here: from the
 /// repository's meta.json when the command uses one, else from `--hash`.
 pub fn run(args: Args) -> Result<()> {
+    // Before anything starts a thread (see `make_writable`).
+    if let Some(path) = written_path(&args) {
+        crate::writable::make_writable(&path)?;
+    }
     let algorithm = match uses_existing_repo(&args.command) {
         true => {
             let path = match (&args.command, host_args(&args.command)) {
@@ -60,6 +64,21 @@ fn uses_existing_repo(command: &Command) -> bool {
                 | ImageCommand::Pull { .. }
                 | ImageCommand::Copy { .. }
         ),
+    }
+}
+
+/// Where a command writes, if it writes below a physical root that a
+/// booted host mounts read-only: the host commands' sysroot, the
+/// repository of the repository commands that change it.
+fn written_path(args: &Args) -> Option<PathBuf> {
+    match &args.command {
+        Command::Status { .. } | Command::Upgrade { check: true, .. } => None,
+        Command::Repo(
+            RepoCommand::Gc { dry_run: false }
+            | RepoCommand::Fsck { repair: true }
+            | RepoCommand::EnableVerity,
+        ) => Some(repo_path(args)),
+        command => host_args(command).map(|host| host.sysroot.clone()),
     }
 }
 

@@ -79,6 +79,22 @@ pub fn run<H: FsVerityDigest>(args: &Args, command: &RepoCommand) -> Result<()> 
                 bail!("{} problems found", report.problems.len());
             }
         }
+        RepoCommand::EnableVerity => {
+            let repo = open_repo::<H>(args)?;
+            let report = repo
+                .enable_verity()
+                .with_context(|| format!("enabling fs-verity in {}", repo.path().display()))?;
+            if args.json {
+                print_json(&report)?;
+            } else {
+                println!(
+                    "fs-verity enabled on {} objects ({} had it); repository {} is secure",
+                    report.objects_enabled,
+                    report.objects_already,
+                    repo.path().display()
+                );
+            }
+        }
         RepoCommand::Ls => {
             let repo = open_repo::<H>(args)?;
             let images = repo.list_refs("images")?;
