@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """Writes an OCI image layout from directories, one gzip layer each.
 
-Usage: oci-layout.py LAYOUT TAG DIR... [--gzip-level N]
-Adds the image to LAYOUT/index.json under TAG (replacing an old TAG).
-Layers are reproducible tars (sorted, owner 0, the files' own mtimes).
+Usage: oci-layout.py LAYOUT TAG DIR... [-- TAG DIR...]... [--gzip-level N]
+Adds each image to LAYOUT/index.json under its TAG (replacing an old TAG)
+and prints its manifest digest. Layers are reproducible tars (sorted,
+owner 0, the files' own mtimes); a directory named by several images is
+archived once, so images built on one base layer cost one base.
 """
 import hashlib, json, os, subprocess, sys, tempfile
 
@@ -14,7 +16,12 @@ def main():
         i = args.index("--gzip-level")
         level = args[i + 1]
         del args[i:i + 2]
-    layout, tag, dirs = args[0], args[1], args[2:]
+    layout, rest = args[0], args[1:]
+    images = []
+    while rest:
+        group = rest[:rest.index("--")] if "--" in rest else rest
+        rest = rest[len(group) + 1:]
+        images.append((group[0], group[1:]))
     blobs = os.path.join(layout, "blobs", "sha256")
     os.makedirs(blobs, exist_ok=True)
 
@@ -24,20 +31,30 @@ def main():
             f.write(data)
         return {"digest": "sha256:" + digest, "size": len(data)}
 
-    diff_ids, layers = [], []
-    for d in dirs:
+    made = {}
+    def layer_of(d):
+        if d in made:
+            return made[d]
         with tempfile.TemporaryFile() as tar:
             subprocess.run(["tar", "-C", d, "--sort=name", "--owner=0", "--group=0",
                             "--numeric-owner", "--xattrs", "--format=pax", "-cf", "-", "."],
                            stdout=tar, check=True)
             tar.seek(0)
             data = tar.read()
-        diff_ids.append("sha256:" + hashlib.sha256(data).hexdigest())
+        diff_id = "sha256:" + hashlib.sha256(data).hexdigest()
         gz = subprocess.run(["gzip", "-n", "-" + level, "-c"], input=data,
                             stdout=subprocess.PIPE, check=True).stdout
         layer = blob(gz)
         layer["mediaType"] = "application/vnd.oci.image.layer.v1.tar+gzip"
-        layers.append(layer)
+        made[d] = (diff_id, layer)
+        return made[d]
+
+    for tag, dirs in images:
+        add_image(layout, tag, [layer_of(d) for d in dirs], blob)
+
+def add_image(layout, tag, layers, blob):
+    diff_ids = [diff_id for diff_id, _ in layers]
+    layers = [layer for _, layer in layers]
     config = blob(json.dumps({
         "architecture": "amd64", "os": "linux",
         "rootfs": {"type": "layers", "diff_ids": diff_ids}, "config": {}}).encode())
