@@ -28,20 +28,20 @@
 # filesystem between runs; VM_TIMEOUT (default 600) bounds each boot, in
 # seconds; KEEP_WORK=1 keeps the work directory (disk, serial logs).
 #
-# Measured on the project's machine (2 cores shared with other jobs,
-# load average 12-13 during the run, so CI should be faster; QEMU TCG
-# -smp 2 -m 1536), Debian trixie kernel 6.12, systemd 257, debug build:
+# Measured on the project's machine (2 cores, QEMU TCG -smp 2 -m 1536),
+# Debian trixie kernel 6.12, systemd 257, debug build; first figure with
+# the machine otherwise nearly idle, second under load average 12-13:
 #   trixie rootfs incl. SELinux policy (first run only, then cached)
 #     11 min under load (mmdebstrap), 360 MB
-#   images v1 v2 v3 (base tree, dracut, one gzip -1 base layer)  116-198 s
-#   install to-disk (3 GiB sparse image)                       12-30 s
-#   boot 1 (driver at guest 145 s; enable-verity on 10794
-#     objects 95 s; switch 17 s)                               283-324 s
-#   boot 2 (upgrade in the guest 35 s)                         240-273 s
-#   boots 3-5 (v3 fails, each to poweroff)                     496-617 s
-#   boot 6 (fallback to v2, rollback)                          143 s
-#   boot 7 (gc, fs-verity byte flip)                           128 s
-#   whole run with a cached rootfs, 7 boots                    1694 s
+#   images v1 v2 v3 (base tree, dracut, one gzip -1 base layer)   81 / 198 s
+#   install to-disk (3 GiB sparse image)                           7 / 30 s
+#   boot 1 (driver at guest 46 s; enable-verity on 10794
+#     objects 14 s (95 s loaded); switch 6 s)                      84 / 324 s
+#   boot 2 (upgrade in the guest 11 s)                             56 / 273 s
+#   boots 3-5 (v3 fails, each to poweroff)                        171 / 617 s
+#   boot 6 (fallback to v2, rollback)                              44 / 143 s
+#   boot 7 (gc, fs-verity byte flip)                               50 / 128 s
+#   whole run with a cached rootfs, 7 boots                       493 / 1694 s
 set -euo pipefail
 bin=$(realpath "$1")
 here=$(dirname "$(realpath "$0")")
