@@ -15,10 +15,12 @@
 //! stored whole and readable, or not at all. Objects written before a
 //! failure are merely unreferenced, and garbage collection takes them.
 //!
-//! Paths are made absolute and canonical as container engines do (a
-//! leading `/` or `./` is dropped, `.` and empty components vanish), but
-//! `..` is refused rather than clamped: no layer tool writes it, and a
-//! path that means different things to different readers is an attack.
+//! Paths are made absolute and canonical (a leading `./` is dropped, `.`
+//! and empty components vanish), but a path or hard link target that is
+//! already absolute, or has a `..` component, is refused rather than
+//! clamped: docker, podman, buildah and umoci write neither, and a path
+//! that means different things to different readers (`tar -P` extracts
+//! `/etc/x` outside the tree) is an attack.
 
 mod header;
 mod read;
@@ -183,6 +185,23 @@ pub enum TarError {
     DotDot {
         /// The path.
         path: String,
+    },
+    /// An entry path that starts with `/`.
+    #[error("tar entry path {path} is absolute: layer paths are relative to the image root")]
+    AbsolutePath {
+        /// The path.
+        path: String,
+    },
+    /// A hard link whose target starts with `/`.
+    #[error(
+        "tar entry {path} is a hard link to the absolute path {target}: \
+         link targets are relative to the image root"
+    )]
+    AbsoluteLinkTarget {
+        /// The hard link's path.
+        path: String,
+        /// Its target.
+        target: String,
     },
     /// A path or link target with a NUL byte.
     #[error("tar entry {path}: its {what} contains a NUL byte")]
@@ -377,12 +396,34 @@ fn makedev(major: u32, minor: u32) -> u64 {
         | (minor & 0xff)
 }
 
-/// The absolute canonical form of a path from a tar header.
-fn canonical(raw: &[u8], entry: &[u8], what: &'static str) -> Result<Vec<u8>, TarError> {
+/// Which header field a path comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PathField {
+    /// The entry's own path.
+    Entry,
+    /// A hard link's target.
+    LinkTarget,
+}
+
+/// The absolute canonical form of a relative path from a tar header;
+/// `entry` is the path of the entry it belongs to, for errors.
+fn canonical(raw: &[u8], entry: &[u8], field: PathField) -> Result<Vec<u8>, TarError> {
     if raw.contains(&0) {
         return Err(TarError::Nul {
             path: shown(entry),
-            what,
+            what: match field {
+                PathField::Entry => "path",
+                PathField::LinkTarget => "link target",
+            },
+        });
+    }
+    if raw.first() == Some(&b'/') {
+        return Err(match field {
+            PathField::Entry => TarError::AbsolutePath { path: shown(raw) },
+            PathField::LinkTarget => TarError::AbsoluteLinkTarget {
+                path: shown(entry),
+                target: shown(raw),
+            },
         });
     }
     let mut path = Vec::with_capacity(raw.len() + 1);
@@ -419,7 +460,7 @@ impl Header {
     /// content: paths, link targets, ids, time, xattrs, sizes.
     fn check(self) -> Result<Checked, TarError> {
         let entry = self.path.as_slice();
-        let path = canonical(entry, entry, "path")?;
+        let path = canonical(entry, entry, PathField::Entry)?;
         let shown_path = || shown(&path);
         if self.kind != Kind::Directory && entry.ends_with(b"/") {
             return Err(TarError::TrailingSlash {
@@ -484,7 +525,7 @@ impl Header {
                 if self.link.is_empty() {
                     return Err(TarError::NoLinkTarget { path: shown_path() });
                 }
-                Shape::Hardlink(canonical(&self.link, &path, "link target")?)
+                Shape::Hardlink(canonical(&self.link, &path, PathField::LinkTarget)?)
             }
             Kind::Symlink => {
                 let target = self.link;
@@ -530,39 +571,61 @@ mod tests {
 
     #[test]
     fn canonical_paths() {
-        let ok = |raw: &[u8]| canonical(raw, raw, "path").unwrap();
+        let path = |raw: &[u8]| canonical(raw, raw, PathField::Entry);
+        let ok = |raw: &[u8]| path(raw).unwrap();
         assert_eq!(ok(b"usr/bin/sh"), b"/usr/bin/sh");
-        assert_eq!(ok(b"/usr/bin/"), b"/usr/bin");
+        assert_eq!(ok(b"usr/bin/"), b"/usr/bin");
         assert_eq!(ok(b"./usr//bin/./sh"), b"/usr/bin/sh");
-        assert_eq!(ok(b"//a"), b"/a");
+        assert_eq!(ok(b".//a"), b"/a");
         assert_eq!(ok(b"./"), b"/");
         assert_eq!(ok(b"."), b"/");
-        assert_eq!(ok(b"/"), b"/");
         assert_eq!(ok(b"..."), b"/...");
+        assert!(matches!(path(b"a/../b"), Err(TarError::DotDot { .. })));
+        assert!(matches!(path(b"../b"), Err(TarError::DotDot { .. })));
         assert!(matches!(
-            canonical(b"a/../b", b"a/../b", "path"),
-            Err(TarError::DotDot { .. })
-        ));
-        assert!(matches!(
-            canonical(b"../b", b"../b", "path"),
-            Err(TarError::DotDot { .. })
-        ));
-        assert!(matches!(
-            canonical(b"a\0b", b"a\0b", "path"),
+            path(b"a\0b"),
             Err(TarError::Nul { what: "path", .. })
         ));
         let long = [b'x'; 256];
         assert!(matches!(
-            canonical(&long, &long, "path"),
+            path(&long),
             Err(TarError::NameTooLong { len: 256, .. })
         ));
         let deep = b"abcdefg/".repeat(512);
-        assert_eq!(canonical(&deep, &deep, "path").unwrap().len(), PATH_MAX);
+        assert_eq!(path(&deep).unwrap().len(), PATH_MAX);
         let deeper = b"abcdefg/".repeat(513);
         assert!(matches!(
-            canonical(&deeper, &deeper, "path"),
+            path(&deeper),
             Err(TarError::PathTooLong { len: 4104, .. })
         ));
+    }
+
+    #[test]
+    fn absolute_paths_are_refused() {
+        for raw in [&b"/etc/x"[..], b"/", b"//etc", b"/../etc"] {
+            match canonical(raw, raw, PathField::Entry) {
+                Err(TarError::AbsolutePath { path }) => assert_eq!(path.as_bytes(), raw),
+                other => panic!("{}: {other:?}", raw.escape_ascii()),
+            }
+        }
+        let err = canonical(b"/etc/passwd", b"/usr/link", PathField::LinkTarget)
+            .expect_err("absolute link target");
+        assert_eq!(
+            err.to_string(),
+            "tar entry /usr/link is a hard link to the absolute path /etc/passwd: \
+             link targets are relative to the image root"
+        );
+        assert!(matches!(
+            canonical(b"a\0", b"/usr/link", PathField::LinkTarget),
+            Err(TarError::Nul {
+                what: "link target",
+                ..
+            })
+        ));
+        assert_eq!(
+            canonical(b"./etc/passwd", b"/usr/link", PathField::LinkTarget).unwrap(),
+            b"/etc/passwd"
+        );
     }
 
     #[test]

@@ -820,7 +820,7 @@ fn layers_merge_as_the_reference_does() {
     link.link(b"usr/bin/target");
     upper.member(&link, b"");
     let mut link = Header::new(Format::Ustar, b'1', b"usr/bin/link-to-sub", 0);
-    link.link(b"/usr/lib/sub/c");
+    link.link(b"./usr/lib/sub/c");
     upper.member(&link, b"");
     let mut usr = Header::new(Format::Ustar, b'5', b"usr/", 0);
     usr.mode(0o751).mtime(1_234_567_890);
@@ -1088,9 +1088,23 @@ fn hostile_corpus() -> Vec<Case> {
     let mut cases: Vec<Case> = Vec::new();
     let mut add = |what, tar: &mut Tar, check| cases.push((what, tar.end(), check));
     add(
+        "absolute path",
+        Tar::default().file("/etc/passwd", b"x"),
+        |e| matches!(e, TarError::AbsolutePath { path } if path == "/etc/passwd"),
+    );
+    add(
         "absolute .. path",
         Tar::default().file("/../etc/passwd", b"x"),
-        |e| matches!(e, TarError::DotDot { .. }),
+        |e| matches!(e, TarError::AbsolutePath { .. }),
+    );
+    let mut absolute_link = Header::new(Format::Ustar, b'1', b"usr/link", 0);
+    absolute_link.link(b"/etc/passwd");
+    add(
+        "absolute hard link target",
+        Tar::default()
+            .file("etc/passwd", b"x")
+            .member(&absolute_link, b""),
+        |e| matches!(e, TarError::AbsoluteLinkTarget { path, target } if path == "/usr/link" && target == "/etc/passwd"),
     );
     add("inner ..", Tar::default().file("usr/../../x", b"x"), |e| {
         matches!(e, TarError::DotDot { .. })
