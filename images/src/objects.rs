@@ -8,7 +8,7 @@
 //! by one: [`Repository::sync`] runs before anything links to them.
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 
@@ -32,9 +32,8 @@ pub enum ImportMethod {
     Copied,
 }
 
-/// Chunk size for streaming copies and hashing: large enough for few
-/// system calls, small enough that zeroing a fresh buffer for each object
-/// costs little.
+/// Buffer size for streaming copies and hashing: large enough for few
+/// system calls.
 const CHUNK: usize = 128 << 10;
 
 /// `objects/XX/<rest>` of a digest.
@@ -66,20 +65,28 @@ impl<H: FsVerityDigest> Repository<H> {
     }
 
     /// Stores everything `reader` yields as an object, streaming.
-    pub fn ensure_object_from_reader(&self, mut reader: impl Read) -> Result<H> {
+    pub fn ensure_object_from_reader(&self, reader: impl Read) -> Result<H> {
+        self.ensure_object_from_buf_read(BufReader::with_capacity(CHUNK, reader))
+    }
+
+    /// Stores everything `reader` yields as an object, hashing and
+    /// writing each piece straight from the reader's buffer: for sources
+    /// that already hold the bytes in memory (a decompressor's output),
+    /// so that they are not copied once more on the way to the kernel.
+    pub fn ensure_object_from_buf_read(&self, mut reader: impl BufRead) -> Result<H> {
         let mut tmp = self.tmpfile()?;
         let mut hasher = FsVerityHasher::<H>::new();
-        let mut buffer = vec![0u8; CHUNK];
         loop {
-            let n = match reader.read(&mut buffer) {
-                Ok(0) => break,
-                Ok(n) => n,
+            let piece = match reader.fill_buf() {
+                Ok([]) => break,
+                Ok(piece) => piece,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e).io("reading object source", "objects"),
             };
-            hasher.update(&buffer[..n]);
-            tmp.write_all(&buffer[..n])
-                .io("writing object", "objects")?;
+            hasher.update(piece);
+            tmp.write_all(piece).io("writing object", "objects")?;
+            let n = piece.len();
+            reader.consume(n);
         }
         let digest = hasher.finish();
         if !self.has_object(&digest)? {

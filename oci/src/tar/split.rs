@@ -11,7 +11,7 @@
 //! inline; everything after the end-of-archive marker is kept inline too,
 //! as the diff_id covers it.
 
-use std::io::{self, BufReader, Read};
+use std::io::{self, BufRead, Read};
 
 use cfs_erofs::digest::FsVerityDigest;
 use cfs_images::splitstream::{ContentType, SplitStreamWriter};
@@ -67,10 +67,10 @@ pub(crate) enum BodyFailureKind {
     Store(cfs_images::Error),
 }
 
-/// A plain tar byte stream, read through a buffer.
-struct Stream<R>(BufReader<R>);
+/// A plain tar byte stream, read through its buffer.
+struct Stream<R>(R);
 
-impl<R: Read> TarInput for Stream<R> {
+impl<R: BufRead> TarInput for Stream<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.0.read(buf)
     }
@@ -85,7 +85,7 @@ impl<R: Read> TarInput for Stream<R> {
             left: size,
             failure: None,
         };
-        let stored = repo.ensure_object_from_reader(&mut body);
+        let stored = repo.ensure_object_from_buf_read(&mut body);
         let (read, failure) = (size - body.left, body.failure);
         if let Some(kind) = failure {
             return Err(BodyFailure { read, kind });
@@ -210,27 +210,28 @@ impl<I: TarInput, H: FsVerityDigest> Blocks for Splitter<'_, I, H> {
 }
 
 /// The next `left` bytes of the tar, failing at an early end so that a
-/// short body is never stored as if complete.
+/// short body is never stored as if complete. Read through [`BufRead`],
+/// the body is hashed and written from the input's buffer, uncopied.
 struct Body<'a, R> {
-    input: &'a mut BufReader<R>,
+    input: &'a mut R,
     left: u64,
     failure: Option<BodyFailureKind>,
 }
 
-impl<R: Read> Read for Body<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+impl<R: BufRead> BufRead for Body<'_, R> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
         if self.left == 0 {
-            return Ok(0);
+            return Ok(&[]);
         }
-        let want = usize::try_from(self.left).map_or(buf.len(), |left| left.min(buf.len()));
-        match self.input.read(&mut buf[..want]) {
-            Ok(0) => {
+        match self.input.fill_buf() {
+            Ok([]) => {
                 self.failure = Some(BodyFailureKind::Eof);
                 Err(io::ErrorKind::UnexpectedEof.into())
             }
-            Ok(n) => {
-                self.left -= n as u64;
-                Ok(n)
+            Ok(available) => {
+                let n = usize::try_from(self.left)
+                    .map_or(available.len(), |left| left.min(available.len()));
+                Ok(&available[..n])
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => Err(e),
             Err(e) => {
@@ -240,6 +241,21 @@ impl<R: Read> Read for Body<'_, R> {
             }
         }
     }
+
+    fn consume(&mut self, amount: usize) {
+        self.input.consume(amount);
+        self.left -= amount as u64;
+    }
+}
+
+impl<R: BufRead> Read for Body<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let available = self.fill_buf()?;
+        let n = buf.len().min(available.len());
+        buf[..n].copy_from_slice(&available[..n]);
+        self.consume(n);
+        Ok(n)
+    }
 }
 
 /// Splits the uncompressed tar `tar` into a split stream, storing every
@@ -248,7 +264,9 @@ impl<R: Read> Read for Body<'_, R> {
 ///
 /// The stream is byte-identical to composefs-rs 0.9.4's for the same tar.
 /// Every entry is checked as [`layer_entries`](super::layer_entries)
-/// checks it, so a layer that splits also reads back.
+/// checks it, so a layer that splits also reads back. File bodies are
+/// hashed and written straight from `tar`'s buffer (wrap a plain reader
+/// in a `BufReader`).
 ///
 /// # Errors
 /// [`TarError`] for a malformed or hostile archive, a read error, or a
@@ -256,9 +274,9 @@ impl<R: Read> Read for Body<'_, R> {
 /// written; garbage collection removes them.
 pub fn split_layer<H: FsVerityDigest>(
     repo: &Repository<H>,
-    tar: impl Read,
+    tar: impl BufRead,
 ) -> Result<SplitLayer, TarError> {
-    split_input(repo, &mut Stream(BufReader::with_capacity(256 << 10, tar)))
+    split_input(repo, &mut Stream(tar))
 }
 
 /// [`split_layer`] for any [`TarInput`].
