@@ -10,7 +10,8 @@
 //! tar-split were tampered with is refused, each way with its own message,
 //! and leaves the repository fsck-clean with no image. `image copy` to
 //! another repository reflinks (same filesystem) or copies (ext4), and
-//! both repositories stay clean with the same image.
+//! both repositories stay clean with the same image; a corrupt source
+//! object stops the copy with no tag written.
 //!
 //! Needs root (loop mounts), `mkfs.xfs`, `mkfs.ext4`, `podman` and
 //! `skopeo`; skips with a printed reason otherwise.
@@ -317,6 +318,47 @@ fn podman_image_is_reflinked_and_equals_the_skopeo_pull() {
     assert!(count(&copied, "copiedObjects") > objects, "{copied}");
     assert_eq!(inspect(&direct), inspect(&across));
     assert_clean(&across, "after the copy to ext4");
+
+    // A source object whose content is not its name stops the copy
+    // before anything names what was copied: no tag, fsck clean.
+    let victim = largest_object(&direct);
+    let mut content = std::fs::read(&victim).expect("read object");
+    content[0] ^= 0xff;
+    std::fs::write(&victim, &content).expect("corrupt object");
+    let refused = root.join("refused");
+    init(&refused);
+    let out = output(
+        Command::new(common::OURS)
+            .args(["image", "copy", "cstor", "--from-repo"])
+            .arg(&direct)
+            .arg("--to-repo")
+            .arg(&refused),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "copy of a corrupt object succeeded");
+    assert!(stderr.contains("is corrupt"), "{stderr}");
+    let listed = ok(ours(&refused).args(["image", "ls"]));
+    assert!(listed.trim().is_empty(), "a tag was written: {listed}");
+    assert_clean(&refused, "after a refused copy");
+}
+
+/// The largest file below `objects/`: a layer file's content.
+fn largest_object(repo: &Path) -> PathBuf {
+    let mut largest = (0, PathBuf::new());
+    for dir in std::fs::read_dir(repo.join("objects")).expect("objects/") {
+        let dir = dir.expect("entry").path();
+        if !dir.is_dir() {
+            continue;
+        }
+        for file in std::fs::read_dir(&dir).expect("objects/XX") {
+            let path = file.expect("entry").path();
+            let len = std::fs::metadata(&path).expect("stat").len();
+            if len > largest.0 {
+                largest = (len, path);
+            }
+        }
+    }
+    largest.1
 }
 
 /// `image copy cstor --from-repo FROM --to-repo TO --json`.
