@@ -97,12 +97,7 @@ impl FileHeader {
             self.symlink_target.as_str(),
             &xattrs,
         ));
-        let mut out = Vec::with_capacity(8 + variant.len());
-        let len = u32::try_from(variant.len()).expect("a header built from a parsed header fits");
-        out.extend_from_slice(&len.to_be_bytes());
-        out.extend_from_slice(&[0; 4]);
-        out.extend_from_slice(&variant);
-        out
+        framed(variant)
     }
 
     /// A header from parts found outside a content object (a static
@@ -135,12 +130,7 @@ impl FileHeader {
             self.symlink_target.as_str(),
             &xattrs,
         ));
-        let mut out = Vec::with_capacity(8 + variant.len());
-        let len = u32::try_from(variant.len()).expect("a header built from a parsed header fits");
-        out.extend_from_slice(&len.to_be_bytes());
-        out.extend_from_slice(&[0; 4]);
-        out.extend_from_slice(&variant);
-        out
+        framed(variant)
     }
 
     /// Checks what ostree itself requires of a content header.
@@ -389,6 +379,17 @@ pub fn parse_summary_refs(data: &[u8]) -> Result<Vec<(String, Checksum)>, String
             Ok((name, checksum))
         })
         .collect()
+}
+
+/// Frames a serialized header as content objects store it: its length as
+/// a big-endian `u32`, four zero bytes of padding, then the variant.
+fn framed(variant: Vec<u8>) -> Vec<u8> {
+    let len = u32::try_from(variant.len()).expect("a header built from a parsed header fits");
+    let mut out = Vec::with_capacity(8 + variant.len());
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&variant);
+    out
 }
 
 #[cfg(test)]
