@@ -51,6 +51,13 @@ fn parse_version(text: &str) -> Result<FormatVersion, String> {
 /// Top-level commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Serve the repository's images over varlink
+    /// (`org.cfsdeploy.Images`) until killed.
+    Serve {
+        /// The unix socket to listen on (created; must not exist).
+        #[arg(long, value_name = "SOCKET")]
+        varlink: PathBuf,
+    },
     /// Work with composefs images.
     #[command(subcommand)]
     Image(ImageCommand),

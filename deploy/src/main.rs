@@ -8,6 +8,7 @@ mod cmd;
 mod host;
 mod progress;
 mod setup_root;
+mod varlink;
 mod writable;
 
 use std::io::ErrorKind;

@@ -48,6 +48,7 @@ fn uses_existing_repo(command: &Command) -> bool {
         Command::Repo(RepoCommand::Init { .. }) => false,
         Command::Repo(_) => true,
         Command::Bless { .. } | Command::Install(_) => false,
+        Command::Serve { .. } => true,
         Command::Upgrade { .. }
         | Command::Switch { .. }
         | Command::Finalize { .. }
@@ -120,6 +121,7 @@ fn dispatch<H: FsVerityDigest>(args: Args) -> Result<()> {
         Command::Image(command) => image::run::<H>(&args, command),
         Command::Repo(command) => repo::run::<H>(&args, command),
         Command::Bless { esp } => bless::run(esp.as_deref()),
+        Command::Serve { varlink } => crate::varlink::serve(open_repo::<H>(&args)?, varlink),
         Command::Install(command) => host::install::<H>(&args, command),
         Command::Upgrade { check, keep, host } => {
             host::upgrade::<H>(&args, host, None, *check, *keep)
