@@ -33,7 +33,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use cfs_erofs::digest::FsVerityDigest;
 use rustix::fs::{Mode, OFlags, ResolveFlags};
@@ -95,6 +95,24 @@ impl ObjectDir<'_> {
 }
 
 impl<H: FsVerityDigest> Repository<H> {
+    /// The repository's `objects/` directory as an `O_PATH` descriptor:
+    /// the [`ObjectNames::Repository`] source for another repository or
+    /// process. It carries no access of its own (no reading, listing,
+    /// writing or `fchmod` through it): a holder can only look names up
+    /// below it, each step checked against the holder's own credentials
+    /// (only the search permission of the directories above is skipped),
+    /// so without listing it opens just the objects whose digests it
+    /// knows.
+    pub fn objects_dir(&self) -> Result<OwnedFd> {
+        rustix::fs::openat(
+            self.dir(),
+            "objects",
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .io("opening", self.path().join("objects"))
+    }
+
     /// Stores the objects `digests` from `from`, each checked against its
     /// digest; objects already present are not read.
     pub fn import_objects<'d>(
@@ -244,13 +262,7 @@ impl<H: FsVerityDigest> Repository<H> {
             work.extend(stream.stream_refs().iter().copied());
         }
 
-        let source_objects = rustix::fs::openat(
-            source.dir(),
-            "objects",
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .io("opening", source.path().join("objects"))?;
+        let source_objects = source.objects_dir()?;
         let stats = self.import_objects(
             &objects,
             ObjectDir {
