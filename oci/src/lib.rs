@@ -10,6 +10,7 @@
 pub mod catalog;
 pub mod cstor;
 pub mod fetch;
+pub mod layer_transfer;
 pub mod merge;
 pub mod pull;
 mod read_ahead;
