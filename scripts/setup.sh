@@ -35,3 +35,16 @@ if ! "$bin/cfsctl" --version 2>/dev/null | grep -q "$CFSCTL_VERSION"; then
     echo "setup: installing the reference cfsctl $CFSCTL_VERSION (takes a few minutes)"
     cargo install --locked --quiet "composefs-ctl@$CFSCTL_VERSION"
 fi
+# The `varlink` Python module: an independent client for the tests of
+# `serve --varlink` (Debian 12's systemd has no varlinkctl).
+PY_VARLINK_VERSION=31.0.0
+if ! python3 -c 'import importlib.metadata as m, sys; sys.exit(m.version("varlink") != sys.argv[1])' \
+        "$PY_VARLINK_VERSION" 2>/dev/null; then
+    echo "setup: installing the Python varlink module $PY_VARLINK_VERSION"
+    if ! python3 -m pip --version >/dev/null 2>&1; then
+        run_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pip >/dev/null
+    fi
+    # Debian's own python3 refuses pip installs unless told otherwise.
+    PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --quiet --disable-pip-version-check \
+        "varlink==$PY_VARLINK_VERSION"
+fi

@@ -262,6 +262,19 @@ pub struct TreeOptions {
     pub xattrs: XattrFilter,
 }
 
+/// The service a layer moves to or from, and its name there.
+#[derive(Debug, clap::Args)]
+pub struct LayerRemote {
+    /// The service's unix socket (`serve --varlink SOCKET`).
+    #[arg(long, value_name = "SOCKET")]
+    pub varlink: PathBuf,
+    /// The layer's name on the receiving side, as the stream ref
+    /// `layers/NAME`, which keeps it from garbage collection (default:
+    /// the diff_id).
+    #[arg(long)]
+    pub name: Option<String>,
+}
+
 /// `image` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum ImageCommand {
@@ -374,6 +387,24 @@ pub enum ImageCommand {
         /// The repository to copy into.
         #[arg(long)]
         to_repo: PathBuf,
+    },
+    /// Send a stored layer to a `serve --varlink` service, which checks
+    /// it whole before naming it `layers/NAME`. Only two descriptors
+    /// travel: the split stream (a sealed memfd) and this repository's
+    /// objects directory, from which the service reflinks or copies.
+    PushLayer {
+        /// The layer's diff_id (`sha256:...`).
+        diff_id: String,
+        #[command(flatten)]
+        remote: LayerRemote,
+    },
+    /// Fetch a layer from a `serve --varlink` service into the
+    /// repository, checked whole before it is named `layers/NAME`.
+    PullLayer {
+        /// The layer's diff_id (`sha256:...`).
+        diff_id: String,
+        #[command(flatten)]
+        remote: LayerRemote,
     },
     /// Remove a tag; `repo gc` then reclaims what only it kept.
     Untag {

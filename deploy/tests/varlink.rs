@@ -1,20 +1,91 @@
-//! `serve --varlink`: an independent client (a raw JSON-over-unix-socket
-//! exchange from python3's stdlib; Debian 12's systemd has no varlinkctl)
-//! lists a pulled image with the digests its layout holds.
+//! `serve --varlink`: an independent client (the `varlink` Python module,
+//! which `scripts/setup.sh` installs; Debian 12's systemd has no
+//! varlinkctl) introspects the service and lists a pulled image; our own
+//! client pushes a layer into a served repository and pulls it back,
+//! with `fsverity digest` and the test's own tar as oracles; and hostile
+//! pushes (a corrupt object, a stream under another layer's diff_id, a
+//! pipe for a stream) are refused without naming anything.
 
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use cfs_tests::oci_layout::{tar_archive, write_layout, ImageSpec, LayerBlob, LayerSpec};
-use common::{ok, ours};
+use common::{assert_clean, ok, ours, output};
 
 mod common;
 
-const CLIENT: &str = r#"
-import json, socket, sys
+/// Introspects with the `varlink` module, calls `List`, and prints the
+/// results with both interface descriptions parsed by the module's own
+/// IDL parser (members by name; types as nested lists), so that only the
+/// interface's meaning is compared, never its comments or layout.
+const PY_CLIENT: &str = r#"
+import json, sys
+import varlink
+from varlink import scanner as s
+
+def canon(t):
+    if isinstance(t, s._Maybe): return ["?", canon(t.element_type)]
+    if isinstance(t, s._Array): return ["[]", canon(t.element_type)]
+    if isinstance(t, s._Dict): return ["[string]", canon(t.element_type)]
+    if isinstance(t, s._Struct): return ["struct", [[k, canon(v)] for k, v in t.fields.items()]]
+    if isinstance(t, s._Enum): return ["enum", list(t.fields)]
+    if isinstance(t, s._CustomType): return ["type", t.name]
+    if isinstance(t, s._Object): return "object"
+    if isinstance(t, set): return "[string]()"
+    for py, name in ((bool, "bool"), (int, "int"), (float, "float"), (str, "string")):
+        if isinstance(t, py): return name
+    raise TypeError(repr(t))
+
+def members(interface):
+    out = {}
+    for name, m in interface.members.items():
+        if isinstance(m, s._Method): out[name] = ["method", canon(m.in_type), canon(m.out_type)]
+        elif isinstance(m, s._Error): out[name] = ["error", canon(m.type)]
+        else: out[name] = ["type", canon(m.type)]
+    return {"name": interface.name, "members": out}
+
+client = varlink.Client("unix:" + sys.argv[1])
+interfaces = client.get_interfaces()
+served = client.get_interface("org.cfsdeploy.Images")
+with open(sys.argv[2]) as f:
+    ours = varlink.Interface(f.read())
+# With no arguments the module leaves the parameters out, which the
+# varlink spec allows but zlink 0.7 answers by closing the connection:
+# so both calls name an image.
+with client.open("org.cfsdeploy.Images") as images:
+    listed = images.List(name="one")
+    unknown = images.List(name="two")
+print(json.dumps({
+    "info": client.info,
+    "interfaces": interfaces,
+    "served": members(served),
+    "file": members(ours),
+    "list": listed,
+    "unknown": unknown,
+}))
+"#;
+
+/// A `PushLayer` call made by hand with the standard library (the
+/// `varlink` module cannot pass descriptors): argv is the socket, the
+/// diff_id, the stream's source (a file, or `pipe`) and the objects
+/// directory. Prints the reply.
+const PY_RAW_PUSH: &str = r#"
+import json, os, socket, sys
+sock, diff_id, stream_src, objects = sys.argv[1:5]
+if stream_src == "pipe":
+    stream, writer = os.pipe()
+else:
+    stream = os.memfd_create("stream")
+    with open(stream_src, "rb") as f:
+        os.write(stream, f.read())
+objects_fd = os.open(objects, os.O_PATH | os.O_DIRECTORY)
+call = {"method": "org.cfsdeploy.Images.PushLayer", "parameters": {
+    "diff_id": diff_id, "name": "raw", "stream_fd": 0, "objects_fd": 1,
+    "object_names": "repository"}}
 s = socket.socket(socket.AF_UNIX)
-s.connect(sys.argv[1])
-s.sendall(json.dumps({"method": sys.argv[2], "parameters": json.loads(sys.argv[3])}).encode() + b"\0")
+s.connect(sock)
+socket.send_fds(s, [json.dumps(call).encode() + b"\0"], [stream, objects_fd])
 buf = b""
 while not buf.endswith(b"\0"):
     chunk = s.recv(65536)
@@ -24,34 +95,106 @@ while not buf.endswith(b"\0"):
 print(buf[:-1].decode())
 "#;
 
-fn call(socket: &std::path::Path, method: &str, parameters: &str) -> serde_json::Value {
-    let text = ok(Command::new("python3")
-        .args(["-c", CLIENT])
-        .arg(socket)
-        .args([method, parameters]));
+fn python(script: &str, args: &[&std::ffi::OsStr]) -> serde_json::Value {
+    let text = ok(Command::new("python3").args(["-c", script]).args(args));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
 }
 
-#[test]
-fn list_reports_the_pulled_image() {
-    let work = tempfile::tempdir().unwrap();
-    let layout = work.path().join("layout");
-    let tar = tar_archive(&[("usr/", b""), ("etc/", b""), ("etc/hostname", b"demo")]);
+/// `serve --varlink` on `repo`, killed when dropped.
+struct Service {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl Service {
+    fn start(repo: &Path, socket: PathBuf) -> Service {
+        let child = ours(repo)
+            .arg("serve")
+            .arg("--varlink")
+            .arg(&socket)
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        while !socket.exists() {
+            assert!(start.elapsed() < Duration::from_secs(20), "no socket");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Service { child, socket }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An insecure repository holding the image `one` pulled from a fresh
+/// layout of `files`; returns the layout's layer diff_id.
+fn repo_with_image(work: &Path, repo: &Path, files: &[(&str, &[u8])]) -> String {
+    let layout = work.join("layout");
     let layers = vec![LayerSpec {
-        tar,
+        tar: tar_archive(files),
         blob: LayerBlob::Gzip,
     }];
-    write_layout(&layout, "v1", &[ImageSpec::linux("amd64", layers)]).unwrap();
-    let repo = work.path().join("repo");
-    ok(ours(&repo).args(["repo", "init", "--insecure"]));
-    ok(ours(&repo).args([
+    let written = write_layout(&layout, "v1", &[ImageSpec::linux("amd64", layers)]).unwrap();
+    ok(ours(repo).args(["repo", "init", "--insecure"]));
+    ok(ours(repo).args([
         "image",
         "pull",
         &format!("oci:{}:v1", layout.display()),
         "--name",
         "one",
     ]));
+    written.images[0].layers[0].diff_id.clone()
+}
 
+/// Bytes of the file a repository link (`streams/...`) resolves to.
+fn linked(repo: &Path, link: &str) -> Vec<u8> {
+    std::fs::read(repo.join(link)).unwrap_or_else(|e| panic!("{link} in {}: {e}", repo.display()))
+}
+
+/// Every object file below `objects/`, by relative name, with its bytes.
+fn objects(repo: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut found = std::collections::BTreeMap::new();
+    for dir in std::fs::read_dir(repo.join("objects")).unwrap() {
+        let dir = dir.unwrap();
+        for file in std::fs::read_dir(dir.path()).unwrap() {
+            let file = file.unwrap();
+            let name = format!(
+                "{}/{}",
+                dir.file_name().to_str().unwrap(),
+                file.file_name().to_str().unwrap()
+            );
+            found.insert(name, std::fs::read(file.path()).unwrap());
+        }
+    }
+    found
+}
+
+/// `fsverity digest`'s name for `content` under `objects/` (sha512, the
+/// default algorithm of `repo init`).
+fn object_name_by_fsverity(work: &Path, content: &[u8]) -> String {
+    let file = work.join("content");
+    std::fs::write(&file, content).unwrap();
+    let text = ok(Command::new("fsverity")
+        .args(["digest", "--hash-alg=sha512", "--compact"])
+        .arg(&file));
+    let hex = text.trim();
+    format!("{}/{}", &hex[..2], &hex[2..])
+}
+
+#[test]
+fn python_varlink_introspects_and_lists() {
+    let work = tempfile::tempdir().unwrap();
+    let repo = work.path().join("repo");
+    let diff_id = repo_with_image(
+        work.path(),
+        &repo,
+        &[("usr/", b""), ("etc/", b""), ("etc/hostname", b"demo")],
+    );
+    let layout = work.path().join("layout");
     // The layout's own index and manifest give the expected digests.
     let index: serde_json::Value =
         serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
@@ -63,34 +206,237 @@ fn list_reports_the_pulled_image() {
         serde_json::from_slice(&std::fs::read(blob).unwrap()).unwrap();
     let config_digest = manifest["config"]["digest"].as_str().unwrap();
 
-    let socket = work.path().join("images.sock");
-    let mut server = ours(&repo)
-        .arg("serve")
-        .arg("--varlink")
-        .arg(&socket)
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while !socket.exists() {
-        assert!(start.elapsed() < Duration::from_secs(20), "no socket");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let reply = call(&socket, "org.cfsdeploy.Images.List", "{}");
-    let described = call(
-        &socket,
-        "org.varlink.service.GetInterfaceDescription",
-        r#"{"interface":"org.cfsdeploy.Images"}"#,
-    );
-    server.kill().unwrap();
-    server.wait().unwrap();
+    let service = Service::start(&repo, work.path().join("images.sock"));
+    let idl =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("src/varlink/org.cfsdeploy.Images.varlink");
+    let out = python(PY_CLIENT, &[service.socket.as_os_str(), idl.as_os_str()]);
+    drop(service);
 
-    let images = reply["parameters"]["images"].as_array().unwrap();
-    assert_eq!(images.len(), 1, "{reply}");
+    assert_eq!(out["info"]["product"], "cfs-deploy", "{out}");
+    assert_eq!(out["info"]["version"], env!("CARGO_PKG_VERSION"), "{out}");
+    let interfaces = out["interfaces"].as_array().unwrap();
+    assert!(
+        interfaces.contains(&"org.cfsdeploy.Images".into())
+            && interfaces.contains(&"org.varlink.service".into()),
+        "{out}"
+    );
+    assert_eq!(
+        out["served"], out["file"],
+        "the interface file and the service disagree"
+    );
+    for member in [
+        "List",
+        "PullLayer",
+        "PushLayer",
+        "LayerRefused",
+        "NoSuchLayer",
+    ] {
+        assert!(
+            out["file"]["members"].get(member).is_some(),
+            "{member} missing: {out}"
+        );
+    }
+
+    let images = out["list"]["images"].as_array().unwrap();
+    assert_eq!(images.len(), 1, "{out}");
     assert_eq!(images[0]["name"], "one");
     assert_eq!(images[0]["manifest_digest"], manifest_digest.as_str());
     assert_eq!(images[0]["config_digest"], config_digest);
+    assert_eq!(images[0]["diff_ids"], serde_json::json!([diff_id]));
+    assert_eq!(out["unknown"]["images"], serde_json::json!([]), "{out}");
     let image_id = images[0]["image_id"].as_str().unwrap();
     assert!(matches!(image_id.len(), 64 | 128) && image_id.bytes().all(|b| b.is_ascii_hexdigit()));
-    let description = described["parameters"]["description"].as_str().unwrap();
-    assert!(description.contains("method List("), "{description}");
+}
+
+/// Two files above the inline limit (objects), one below (inline).
+const BIG_A: &[u8] = &[b'a'; 10_000];
+const BIG_B: &[u8] = &[b'b'; 70_000];
+
+fn layer_files() -> Vec<(&'static str, &'static [u8])> {
+    vec![
+        ("usr/", b""),
+        ("usr/a", BIG_A),
+        ("usr/b", BIG_B),
+        ("etc/", b""),
+        ("etc/hostname", b"demo"),
+    ]
+}
+
+#[test]
+fn push_then_pull_a_layer_byte_identical() {
+    let work = tempfile::tempdir().unwrap();
+    let (a, b, c) = (
+        work.path().join("a"),
+        work.path().join("b"),
+        work.path().join("c"),
+    );
+    let diff_id = repo_with_image(work.path(), &a, &layer_files());
+    let stream_link = format!("streams/oci-layer-{diff_id}");
+    ok(ours(&b).args(["repo", "init", "--insecure"]));
+    ok(ours(&c).args(["repo", "init", "--insecure"]));
+    let service = Service::start(&b, work.path().join("b.sock"));
+
+    let pushed = ok(ours(&a)
+        .args([
+            "--json",
+            "image",
+            "push-layer",
+            &diff_id,
+            "--name",
+            "first",
+            "--varlink",
+        ])
+        .arg(&service.socket));
+    let pushed: serde_json::Value = serde_json::from_str(&pushed).unwrap();
+    assert_eq!(pushed["streamRef"], "layers/first");
+    assert_eq!(
+        pushed["copiedObjects"].as_u64().unwrap() + pushed["reflinkedObjects"].as_u64().unwrap(),
+        2,
+        "{pushed}"
+    );
+
+    // B holds exactly A's stream, named by the new ref, and objects
+    // named by what `fsverity digest` says of the test's file contents.
+    assert_eq!(linked(&b, &stream_link), linked(&a, &stream_link));
+    assert_eq!(
+        linked(&b, "streams/refs/layers/first"),
+        linked(&a, &stream_link)
+    );
+    let b_objects = objects(&b);
+    for content in [BIG_A, BIG_B] {
+        let name = object_name_by_fsverity(work.path(), content);
+        assert_eq!(
+            b_objects.get(&name).map(Vec::as_slice),
+            Some(content),
+            "{name}"
+        );
+    }
+    assert_eq!(b_objects.len(), 3, "the stream and its two objects");
+    let a_objects = objects(&a);
+    for (name, bytes) in &b_objects {
+        assert_eq!(a_objects.get(name), Some(bytes), "{name} differs from A's");
+    }
+
+    // Pushing again names the layer again and stores nothing.
+    let again: serde_json::Value = serde_json::from_str(&ok(ours(&a)
+        .args([
+            "--json",
+            "image",
+            "push-layer",
+            &diff_id,
+            "--name",
+            "second",
+            "--varlink",
+        ])
+        .arg(&service.socket)))
+    .unwrap();
+    assert_eq!(
+        again["copiedObjects"].as_u64().unwrap() + again["reflinkedObjects"].as_u64().unwrap(),
+        0
+    );
+    assert!(b.join("streams/refs/layers/second").exists());
+
+    // And back out, into a third repository.
+    ok(ours(&c)
+        .args(["image", "pull-layer", &diff_id, "--varlink"])
+        .arg(&service.socket));
+    drop(service);
+    assert_eq!(linked(&c, &stream_link), linked(&a, &stream_link));
+    assert_eq!(
+        linked(&c, &format!("streams/refs/layers/{diff_id}")),
+        linked(&a, &stream_link)
+    );
+    assert_eq!(objects(&c), b_objects);
+    for repo in [&a, &b, &c] {
+        assert_clean(repo, "after the push and pull");
+    }
+}
+
+/// A refused push names nothing: no layer stream, no ref; fsck is clean.
+fn assert_nothing_named(repo: &Path, diff_id: &str) {
+    assert!(!repo.join(format!("streams/oci-layer-{diff_id}")).exists());
+    let refs = repo.join("streams/refs");
+    let named: Vec<_> = std::fs::read_dir(&refs)
+        .map(|dir| dir.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(named.is_empty(), "refs appeared: {named:?}");
+    assert_clean(repo, "after a refused push");
+}
+
+#[test]
+fn a_push_with_a_corrupt_object_is_refused() {
+    let work = tempfile::tempdir().unwrap();
+    let (a, b) = (work.path().join("a"), work.path().join("b"));
+    let diff_id = repo_with_image(work.path(), &a, &layer_files());
+    ok(ours(&b).args(["repo", "init", "--insecure"]));
+    // Same length, other bytes: only hashing the content can tell.
+    let name = object_name_by_fsverity(work.path(), BIG_B);
+    let mut corrupt = BIG_B.to_vec();
+    corrupt[12_345] = b'x';
+    std::fs::write(a.join("objects").join(&name), &corrupt).unwrap();
+
+    let service = Service::start(&b, work.path().join("b.sock"));
+    let out = output(
+        ours(&a)
+            .args(["image", "push-layer", &diff_id, "--varlink"])
+            .arg(&service.socket),
+    );
+    drop(service);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a corrupt push succeeded");
+    assert!(
+        stderr.contains("refused") && stderr.contains(&name.replace('/', "")),
+        "{stderr}"
+    );
+    assert_nothing_named(&b, &diff_id);
+}
+
+#[test]
+fn hostile_raw_pushes_are_refused() {
+    let work = tempfile::tempdir().unwrap();
+    let (a, b) = (work.path().join("a"), work.path().join("b"));
+    let diff_id = repo_with_image(work.path(), &a, &layer_files());
+    ok(ours(&b).args(["repo", "init", "--insecure"]));
+    let stream = a.join(format!("streams/oci-layer-{diff_id}"));
+    let objects = a.join("objects");
+    let other = format!("sha256:{}", "0".repeat(64));
+    let service = Service::start(&b, work.path().join("b.sock"));
+
+    // The right stream and objects, sent under another diff_id.
+    let reply = python(
+        PY_RAW_PUSH,
+        &[
+            service.socket.as_os_str(),
+            other.as_ref(),
+            stream.as_os_str(),
+            objects.as_os_str(),
+        ],
+    );
+    assert_eq!(
+        reply["error"], "org.cfsdeploy.Images.LayerRefused",
+        "{reply}"
+    );
+    let reason = reply["parameters"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains(&diff_id) && reason.contains(&other),
+        "{reason}"
+    );
+
+    // A pipe whose writer never closes must not stall the service.
+    let reply = python(
+        PY_RAW_PUSH,
+        &[
+            service.socket.as_os_str(),
+            diff_id.as_ref(),
+            "pipe".as_ref(),
+            objects.as_os_str(),
+        ],
+    );
+    assert_eq!(
+        reply["error"], "org.cfsdeploy.Images.LayerRefused",
+        "{reply}"
+    );
+    drop(service);
+    assert_nothing_named(&b, &other);
+    assert_nothing_named(&b, &diff_id);
 }

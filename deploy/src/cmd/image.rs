@@ -299,6 +299,24 @@ pub fn run<H: FsVerityDigest>(args: &Args, command: &ImageCommand) -> Result<()>
                 );
             }
         }
+        ImageCommand::PushLayer { diff_id, remote } => {
+            let repo = open_repo::<H>(args)?;
+            let name = remote.name.as_deref().unwrap_or(diff_id);
+            let moved = crate::varlink::push_layer(&repo, &remote.varlink, diff_id, name)
+                .with_context(|| {
+                    format!("pushing layer {diff_id} to {}", remote.varlink.display())
+                })?;
+            print_moved(args, "pushed", diff_id, &moved)?;
+        }
+        ImageCommand::PullLayer { diff_id, remote } => {
+            let repo = open_repo::<H>(args)?;
+            let name = remote.name.as_deref().unwrap_or(diff_id);
+            let moved = crate::varlink::pull_layer(&repo, &remote.varlink, diff_id, name)
+                .with_context(|| {
+                    format!("pulling layer {diff_id} from {}", remote.varlink.display())
+                })?;
+            print_moved(args, "pulled", diff_id, &moved)?;
+        }
         ImageCommand::Untag { name } => {
             let repo = open_repo::<H>(args)?;
             catalog::untag(&repo, name)?;
@@ -496,4 +514,31 @@ fn tree_of_dir<H: FsVerityDigest>(
             .with_context(|| format!("applying the boot transform to {}", path.display()))?;
     }
     Ok(fs)
+}
+
+/// Reports a layer moved over varlink.
+fn print_moved(
+    args: &Args,
+    verb: &str,
+    diff_id: &str,
+    moved: &crate::varlink::Moved,
+) -> Result<()> {
+    let stats = &moved.stats;
+    if args.json {
+        print_json(&serde_json::json!({
+            "diffId": diff_id,
+            "streamDigest": moved.stream_digest,
+            "streamRef": moved.stream_ref,
+            "reflinkedObjects": stats.reflinked,
+            "copiedObjects": stats.copied,
+            "presentObjects": stats.present,
+            "bytes": stats.bytes,
+        }))
+    } else {
+        println!(
+            "{verb} {diff_id} as {}: {} objects reflinked, {} copied, {} already present, {} bytes",
+            moved.stream_ref, stats.reflinked, stats.copied, stats.present, stats.bytes
+        );
+        Ok(())
+    }
 }

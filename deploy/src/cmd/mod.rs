@@ -64,6 +64,8 @@ fn uses_existing_repo(command: &Command) -> bool {
                 | ImageCommand::Rm { .. }
                 | ImageCommand::Pull { .. }
                 | ImageCommand::Copy { .. }
+                | ImageCommand::PushLayer { .. }
+                | ImageCommand::PullLayer { .. }
         ),
     }
 }

@@ -1,49 +1,46 @@
-//! `serve --varlink`: the repository's images over varlink, so that
-//! other programs (and `varlinkctl`) can ask what is pulled without
-//! parsing our command output. The interface is described in
-//! `org.cfsdeploy.Images.varlink` next to this file.
+//! `serve --varlink`: the repository's images and layers over varlink,
+//! so that other programs (and `varlinkctl`) can ask what is pulled
+//! without parsing our command output, and move layers in and out
+//! without streaming their content through the socket.
+//!
+//! Calls are answered one at a time, each from the repository as it is
+//! now. A push is checked whole before anything names it (see
+//! [`cfs_oci::layer_transfer`]), so a refused or interrupted push leaves
+//! the repository as fsck finds it clean.
 
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 
 use anyhow::{Context, Result};
 use cfs_erofs::digest::FsVerityDigest;
+use cfs_images::transfer::ObjectDir;
 use cfs_images::Repository;
 use cfs_oci::catalog;
-use serde::{Deserialize, Serialize};
-use zlink::{introspect, service, tokio::unix, ReplyError, Server};
+use cfs_oci::layer_transfer::{self, LayerTransferError};
+use zlink::{service, tokio::unix, Server};
 
-/// One pulled image, as `List()` reports it.
-#[derive(Debug, Serialize, Deserialize, introspect::Type)]
-struct Image {
-    name: String,
-    manifest_digest: String,
-    config_digest: String,
-    image_id: Option<String>,
-    boot_image_id: Option<String>,
+use super::{fds, layer_ref, Image, Images, ImagesError, ObjectNaming, PulledLayer, PushedLayer};
+
+/// What the service does with its repository; a trait object because the
+/// service macro takes no generic types and the repository's hash is one.
+trait Store: Send + Sync {
+    fn list(&self) -> Result<Images, ImagesError>;
+    fn pull_layer(&self, diff_id: &str) -> Result<(PulledLayer, Vec<OwnedFd>), ImagesError>;
+    fn push_layer(&self, push: Push<'_>) -> Result<PushedLayer, ImagesError>;
 }
 
-/// `List()`'s reply.
-#[derive(Debug, Serialize, Deserialize, introspect::Type)]
-struct Images {
-    images: Vec<Image>,
+/// A `PushLayer()` call, its descriptors checked.
+struct Push<'a> {
+    diff_id: &'a str,
+    name: &'a str,
+    stream: Vec<u8>,
+    objects: OwnedFd,
+    object_names: ObjectNaming,
 }
 
-/// Errors the interface replies with.
-#[derive(Debug, ReplyError, introspect::ReplyError)]
-#[zlink(interface = "org.cfsdeploy.Images")]
-enum ImagesError {
-    /// The repository could not be read; `reason` says why.
-    RepositoryError { reason: String },
-}
-
-/// Reads the repository's images now; a closure because the service
-/// macro takes no generic types and the repository's hash is one.
-type ListImages = Box<dyn Fn() -> Result<Images, ImagesError> + Send + Sync>;
-
-/// The service: one repository, read on every call so that it reports
-/// what is there now.
+/// The service: one repository.
 struct ImagesService {
-    list_images: ListImages,
+    store: Box<dyn Store>,
 }
 
 impl std::fmt::Debug for ImagesService {
@@ -52,36 +49,128 @@ impl std::fmt::Debug for ImagesService {
     }
 }
 
-#[service(interface = "org.cfsdeploy.Images")]
+#[service(
+    interface = "org.cfsdeploy.Images",
+    vendor = "cfs-deploy",
+    product = "cfs-deploy",
+    version = env!("CARGO_PKG_VERSION")
+)]
 impl ImagesService {
     /// Every tagged image, or only the one called `name`. (The optional
     /// parameter also makes `"parameters": {}` a valid call: zlink
     /// refuses an empty object for a method that takes none.)
     async fn list(&mut self, name: Option<String>) -> Result<Images, ImagesError> {
-        let mut images = (self.list_images)()?;
+        let mut images = self.store.list()?;
         if let Some(name) = name {
             images.images.retain(|image| image.name == name);
         }
         Ok(images)
     }
+
+    /// The layer `diff_id`: its split stream and the objects directory.
+    #[zlink(return_fds)]
+    async fn pull_layer(
+        &mut self,
+        diff_id: String,
+    ) -> (Result<PulledLayer, ImagesError>, Vec<OwnedFd>) {
+        match self.store.pull_layer(&diff_id) {
+            Ok((layer, fds)) => (Ok(layer), fds),
+            Err(e) => (Err(e), Vec::new()),
+        }
+    }
+
+    /// Stores the layer `diff_id` sent as a stream and an objects
+    /// directory, and names it `layers/<name>`.
+    async fn push_layer(
+        &mut self,
+        diff_id: String,
+        name: String,
+        stream_fd: u32,
+        objects_fd: u32,
+        object_names: ObjectNaming,
+        #[zlink(fds)] fds: Vec<OwnedFd>,
+    ) -> Result<PushedLayer, ImagesError> {
+        let refused = |reason| ImagesError::LayerRefused { reason };
+        let [stream, objects] = fds::take(fds, [stream_fd, objects_fd]).map_err(refused)?;
+        fds::check_directory(&objects).map_err(refused)?;
+        let stream = fds::read_stream(stream).map_err(refused)?;
+        self.store.push_layer(Push {
+            diff_id: &diff_id,
+            name: &name,
+            stream,
+            objects,
+            object_names,
+        })
+    }
 }
 
-fn list_images<H: FsVerityDigest>(repo: &Repository<H>) -> Result<Images, ImagesError> {
-    let images = catalog::list(repo).map_err(|e| ImagesError::RepositoryError {
-        reason: e.to_string(),
-    })?;
-    Ok(Images {
-        images: images
-            .into_iter()
-            .map(|image| Image {
-                name: image.tag,
-                manifest_digest: image.manifest_digest,
-                config_digest: image.config_digest,
-                image_id: image.image.map(|id| id.to_hex()),
-                boot_image_id: image.boot_image.map(|id| id.to_hex()),
-            })
-            .collect(),
-    })
+impl From<LayerTransferError> for ImagesError {
+    fn from(error: LayerTransferError) -> Self {
+        match error {
+            LayerTransferError::NoSuchLayer(diff_id) => ImagesError::NoSuchLayer { diff_id },
+            e if e.is_refusal() => ImagesError::LayerRefused {
+                reason: e.to_string(),
+            },
+            e => ImagesError::RepositoryError {
+                reason: e.to_string(),
+            },
+        }
+    }
+}
+
+fn repository_error(error: impl std::fmt::Display) -> ImagesError {
+    ImagesError::RepositoryError {
+        reason: error.to_string(),
+    }
+}
+
+impl<H: FsVerityDigest + Send + Sync> Store for Repository<H> {
+    fn list(&self) -> Result<Images, ImagesError> {
+        let images = catalog::list(self).map_err(repository_error)?;
+        Ok(Images {
+            images: images
+                .into_iter()
+                .map(|image| Image {
+                    name: image.tag,
+                    manifest_digest: image.manifest_digest,
+                    config_digest: image.config_digest,
+                    image_id: image.image.map(|id| id.to_hex()),
+                    boot_image_id: image.boot_image.map(|id| id.to_hex()),
+                    diff_ids: image.layers.into_iter().map(|l| l.diff_id).collect(),
+                })
+                .collect(),
+        })
+    }
+
+    fn pull_layer(&self, diff_id: &str) -> Result<(PulledLayer, Vec<OwnedFd>), ImagesError> {
+        let export = layer_transfer::export_layer(self, diff_id)?;
+        let stream = fds::sealed_memfd(&export.stream).map_err(repository_error)?;
+        let layer = PulledLayer {
+            stream_fd: 0,
+            objects_fd: 1,
+            object_names: ObjectNaming::Repository,
+            algorithm: H::ALGORITHM.to_string(),
+        };
+        Ok((layer, vec![stream, export.objects]))
+    }
+
+    fn push_layer(&self, push: Push<'_>) -> Result<PushedLayer, ImagesError> {
+        let stream_ref = layer_ref(push.name);
+        let objects = ObjectDir {
+            dir: push.objects.as_fd(),
+            names: push.object_names.into(),
+        };
+        let import =
+            layer_transfer::import_layer(self, push.diff_id, push.stream, objects, &stream_ref)?;
+        Ok(PushedLayer {
+            stream_digest: import.stream.to_hex(),
+            stream_ref,
+            reflinked: import.stats.reflinked,
+            copied: import.stats.copied,
+            present: import.stats.present,
+            bytes: import.stats.bytes,
+        })
+    }
 }
 
 /// Listens on `socket` and answers calls until the process is killed.
@@ -96,8 +185,8 @@ pub fn serve<H: FsVerityDigest + Send + Sync + 'static>(
     runtime.block_on(async {
         let listener =
             unix::bind(socket).with_context(|| format!("listening on {}", socket.display()))?;
-        let list_images = Box::new(move || list_images(&repo));
-        Server::new(listener, ImagesService { list_images })
+        let store = Box::new(repo);
+        Server::new(listener, ImagesService { store })
             .run()
             .await
             .context("serving varlink")
