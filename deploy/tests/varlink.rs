@@ -2,9 +2,10 @@
 //! which `scripts/setup.sh` installs; Debian 12's systemd has no
 //! varlinkctl) introspects the service and lists a pulled image; our own
 //! client pushes a layer into a served repository and pulls it back,
-//! with `fsverity digest` and the test's own tar as oracles; and hostile
+//! with `fsverity digest` and the test's own tar as oracles; hostile
 //! pushes (a corrupt object, a stream under another layer's diff_id, a
-//! pipe for a stream) are refused without naming anything.
+//! pipe for a stream, objects under other names than said) are refused
+//! without naming anything, and a flat object directory is accepted.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -68,11 +69,11 @@ print(json.dumps({
 
 /// A `PushLayer` call made by hand with the standard library (the
 /// `varlink` module cannot pass descriptors): argv is the socket, the
-/// diff_id, the stream's source (a file, or `pipe`) and the objects
-/// directory. Prints the reply.
+/// diff_id, the stream's source (a file, or `pipe`), the objects
+/// directory and how it names its files. Prints the reply.
 const PY_RAW_PUSH: &str = r#"
 import json, os, socket, sys
-sock, diff_id, stream_src, objects = sys.argv[1:5]
+sock, diff_id, stream_src, objects, names = sys.argv[1:6]
 if stream_src == "pipe":
     stream, writer = os.pipe()
 else:
@@ -82,7 +83,7 @@ else:
 objects_fd = os.open(objects, os.O_PATH | os.O_DIRECTORY)
 call = {"method": "org.cfsdeploy.Images.PushLayer", "parameters": {
     "diff_id": diff_id, "name": "raw", "stream_fd": 0, "objects_fd": 1,
-    "object_names": "repository"}}
+    "object_names": names}}
 s = socket.socket(socket.AF_UNIX)
 s.connect(sock)
 socket.send_fds(s, [json.dumps(call).encode() + b"\0"], [stream, objects_fd])
@@ -391,6 +392,26 @@ fn a_push_with_a_corrupt_object_is_refused() {
     assert_nothing_named(&b, &diff_id);
 }
 
+/// `PY_RAW_PUSH`'s reply.
+fn raw_push(
+    socket: &Path,
+    diff_id: &str,
+    stream: &Path,
+    objects: &Path,
+    names: &str,
+) -> serde_json::Value {
+    python(
+        PY_RAW_PUSH,
+        &[
+            socket.as_os_str(),
+            diff_id.as_ref(),
+            stream.as_os_str(),
+            objects.as_os_str(),
+            names.as_ref(),
+        ],
+    )
+}
+
 #[test]
 fn hostile_raw_pushes_are_refused() {
     let work = tempfile::tempdir().unwrap();
@@ -398,45 +419,84 @@ fn hostile_raw_pushes_are_refused() {
     let diff_id = repo_with_image(work.path(), &a, &layer_files());
     ok(ours(&b).args(["repo", "init", "--insecure"]));
     let stream = a.join(format!("streams/oci-layer-{diff_id}"));
-    let objects = a.join("objects");
+    let objects_dir = a.join("objects");
     let other = format!("sha256:{}", "0".repeat(64));
     let service = Service::start(&b, work.path().join("b.sock"));
+    let refused = |reply: &serde_json::Value| {
+        assert_eq!(
+            reply["error"], "org.cfsdeploy.Images.LayerRefused",
+            "{reply}"
+        );
+        reply["parameters"]["reason"].as_str().unwrap().to_owned()
+    };
+
+    // A flat directory of the objects (named by their whole hex digest),
+    // said to be named as a repository's: the objects are not found.
+    let flat = work.path().join("flat");
+    std::fs::create_dir(&flat).unwrap();
+    for (name, bytes) in objects(&a) {
+        std::fs::write(flat.join(name.replace('/', "")), bytes).unwrap();
+    }
+    let reply = raw_push(&service.socket, &diff_id, &stream, &flat, "repository");
+    assert!(refused(&reply).contains("not found"), "{reply}");
 
     // The right stream and objects, sent under another diff_id.
-    let reply = python(
-        PY_RAW_PUSH,
-        &[
-            service.socket.as_os_str(),
-            other.as_ref(),
-            stream.as_os_str(),
-            objects.as_os_str(),
-        ],
-    );
-    assert_eq!(
-        reply["error"], "org.cfsdeploy.Images.LayerRefused",
-        "{reply}"
-    );
-    let reason = reply["parameters"]["reason"].as_str().unwrap();
+    let reply = raw_push(&service.socket, &other, &stream, &objects_dir, "repository");
+    let reason = refused(&reply);
     assert!(
         reason.contains(&diff_id) && reason.contains(&other),
         "{reason}"
     );
 
     // A pipe whose writer never closes must not stall the service.
-    let reply = python(
-        PY_RAW_PUSH,
-        &[
-            service.socket.as_os_str(),
-            diff_id.as_ref(),
-            "pipe".as_ref(),
-            objects.as_os_str(),
-        ],
-    );
-    assert_eq!(
-        reply["error"], "org.cfsdeploy.Images.LayerRefused",
-        "{reply}"
-    );
+    let pipe = Path::new("pipe");
+    let reply = raw_push(&service.socket, &diff_id, pipe, &objects_dir, "repository");
+    assert!(refused(&reply).contains("not a regular file"), "{reply}");
     drop(service);
     assert_nothing_named(&b, &other);
     assert_nothing_named(&b, &diff_id);
+
+    // Named as it is, the flat directory is read, into a fresh repository.
+    let c = work.path().join("c");
+    ok(ours(&c).args(["repo", "init", "--insecure"]));
+    let service = Service::start(&c, work.path().join("c.sock"));
+    let reply = raw_push(&service.socket, &diff_id, &stream, &flat, "flat");
+    drop(service);
+    assert_eq!(reply["parameters"]["stream_ref"], "layers/raw", "{reply}");
+    assert_eq!(
+        reply["parameters"]["copied"].as_u64().unwrap()
+            + reply["parameters"]["reflinked"].as_u64().unwrap(),
+        2,
+        "{reply}"
+    );
+    let stream_link = format!("streams/oci-layer-{diff_id}");
+    assert_eq!(linked(&c, &stream_link), linked(&a, &stream_link));
+    assert_clean(&c, "after the flat push");
+}
+
+#[test]
+fn pulls_of_unknown_or_malformed_layers_fail() {
+    let work = tempfile::tempdir().unwrap();
+    let (a, b) = (work.path().join("a"), work.path().join("b"));
+    repo_with_image(work.path(), &a, &layer_files());
+    ok(ours(&b).args(["repo", "init", "--insecure"]));
+    let service = Service::start(&a, work.path().join("a.sock"));
+    let absent = format!("sha256:{}", "1".repeat(64));
+    for (diff_id, expected) in [
+        (absent.as_str(), "has no layer"),
+        ("sha256:../../etc", "is not a diff_id"),
+    ] {
+        let out = output(
+            ours(&b)
+                .args(["image", "pull-layer", diff_id, "--varlink"])
+                .arg(&service.socket),
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(expected),
+            "{stderr}"
+        );
+    }
+    drop(service);
+    assert_nothing_named(&b, &absent);
 }

@@ -85,3 +85,42 @@ pub fn take<const N: usize>(
             .expect("indexes are distinct and in range")
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A memfd of `len` bytes, told apart from others by its size.
+    fn sized(len: usize) -> OwnedFd {
+        sealed_memfd(&vec![0; len]).unwrap()
+    }
+
+    fn size(fd: &OwnedFd) -> i64 {
+        rustix::fs::fstat(fd).unwrap().st_size
+    }
+
+    #[test]
+    fn take_follows_the_indexes() {
+        let [first, second] = take(vec![sized(1), sized(2)], [1, 0]).unwrap();
+        assert_eq!((size(&first), size(&second)), (2, 1));
+    }
+
+    #[test]
+    fn take_refuses_strays_gaps_and_repeats() {
+        assert!(take(vec![sized(1)], [0, 1]).is_err());
+        assert!(take(vec![sized(1), sized(2), sized(3)], [0, 1]).is_err());
+        assert!(take(vec![sized(1), sized(2)], [0, 2]).is_err());
+        assert!(take(vec![sized(1), sized(2)], [1, 1]).is_err());
+    }
+
+    #[test]
+    fn sealed_streams_read_back_and_sockets_are_refused() {
+        let fd = sealed_memfd(b"stream").unwrap();
+        let seals = rustix::fs::fcntl_get_seals(&fd).unwrap();
+        assert!(seals.contains(SealFlags::WRITE | SealFlags::SEAL));
+        assert_eq!(read_stream(fd).unwrap(), b"stream");
+        let (reader, _writer) = std::os::unix::net::UnixStream::pair().unwrap();
+        assert!(read_stream(reader.into()).is_err());
+        assert!(check_directory(&sized(0)).is_err());
+    }
+}
