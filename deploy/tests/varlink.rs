@@ -500,3 +500,87 @@ fn pulls_of_unknown_or_malformed_layers_fail() {
     drop(service);
     assert_nothing_named(&b, &absent);
 }
+
+/// The service is SIGKILLed at spread moments of a push of a layer of
+/// 300 random files. After each kill the repository is fsck-clean, the
+/// layer's ref is either absent or names A's exact stream, and the push
+/// made again (to a new service on the same repository) completes.
+#[test]
+fn a_killed_push_leaves_a_clean_repository() {
+    use rand::Rng;
+    let work = tempfile::tempdir().unwrap();
+    let a = work.path().join("a");
+    let mut rng = common::rng(9);
+    let files: Vec<(String, Vec<u8>)> = (0..300)
+        .map(|i| {
+            let mut data = vec![0u8; rng.random_range(65..200_000)];
+            rng.fill(&mut data[..]);
+            (format!("usr/f{i:03}"), data)
+        })
+        .collect();
+    let mut entries: Vec<(&str, &[u8])> = vec![("usr/", b"")];
+    entries.extend(files.iter().map(|(p, d)| (p.as_str(), d.as_slice())));
+    let diff_id = repo_with_image(work.path(), &a, &entries);
+    let stream_link = format!("streams/oci-layer-{diff_id}");
+    let push = |service: &Service| {
+        let mut cmd = ours(&a);
+        cmd.args([
+            "image",
+            "push-layer",
+            &diff_id,
+            "--name",
+            "killed",
+            "--varlink",
+        ])
+        .arg(&service.socket);
+        cmd
+    };
+
+    // An uninterrupted push gives the time scale.
+    let whole = work.path().join("whole");
+    ok(ours(&whole).args(["repo", "init", "--insecure"]));
+    let service = Service::start(&whole, work.path().join("whole.sock"));
+    let started = Instant::now();
+    ok(&mut push(&service));
+    let duration = started.elapsed();
+    drop(service);
+
+    // Kills before the push ended, and those that left objects unnamed.
+    let (mut landed, mut partial) = (0, 0);
+    for (i, fraction) in [0.1, 0.3, 0.5, 0.7, 0.9].into_iter().enumerate() {
+        let b = work.path().join(format!("b{i}"));
+        ok(ours(&b).args(["repo", "init", "--insecure"]));
+        let mut service = Service::start(&b, work.path().join(format!("b{i}.sock")));
+        let mut client = push(&service)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(duration.mul_f64(fraction));
+        service.child.kill().unwrap();
+        service.child.wait().unwrap();
+        if !client.wait().unwrap().success() {
+            landed += 1;
+        }
+        assert_clean(&b, &format!("after a kill at {fraction} of a push"));
+        let named = b.join("streams/refs/layers/killed");
+        if named.exists() {
+            assert_eq!(std::fs::read(&named).unwrap(), linked(&a, &stream_link));
+        } else if !objects(&b).is_empty() {
+            partial += 1;
+        }
+        drop(service);
+        let service = Service::start(&b, work.path().join(format!("b{i}-again.sock")));
+        ok(&mut push(&service));
+        drop(service);
+        assert_eq!(
+            linked(&b, "streams/refs/layers/killed"),
+            linked(&a, &stream_link)
+        );
+        assert_clean(&b, "after the push made again");
+    }
+    eprintln!(
+        "push of {duration:?}: {landed} of 5 kills landed before it ended, \
+         {partial} left unnamed objects"
+    );
+    assert!(landed > 0, "no kill landed during the push");
+}
