@@ -8,7 +8,7 @@ set -eu
 APT_PACKAGES="erofs-utils fsverity policycoreutils selinux-policy-default \
 mmdebstrap util-linux e2fsprogs time skopeo docker-registry podman umoci buildah \
 libssl-dev pkg-config systemd-boot systemd-boot-efi binutils dosfstools mtools fdisk \
-python3 qemu-system-x86 ovmf strace ostree liblzma-dev"
+python3 python3-pip qemu-system-x86 ovmf strace ostree liblzma-dev"
 CFSCTL_VERSION=0.9.4
 
 run_root() {
@@ -41,10 +41,7 @@ PY_VARLINK_VERSION=31.0.0
 if ! python3 -c 'import importlib.metadata as m, sys; sys.exit(m.version("varlink") != sys.argv[1])' \
         "$PY_VARLINK_VERSION" 2>/dev/null; then
     echo "setup: installing the Python varlink module $PY_VARLINK_VERSION"
-    if ! python3 -m pip --version >/dev/null 2>&1; then
-        run_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pip >/dev/null
-    fi
     # Debian's own python3 refuses pip installs unless told otherwise.
     PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --quiet --disable-pip-version-check \
-        "varlink==$PY_VARLINK_VERSION"
+        --root-user-action=ignore "varlink==$PY_VARLINK_VERSION"
 fi
