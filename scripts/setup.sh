@@ -5,7 +5,7 @@
 # format defaults, which change between releases.
 set -eu
 
-APT_PACKAGES="erofs-utils fsverity policycoreutils selinux-policy-default \
+APT_PACKAGES="erofs-utils xfsprogs fsverity policycoreutils selinux-policy-default \
 mmdebstrap util-linux e2fsprogs time skopeo docker-registry podman umoci buildah \
 libssl-dev pkg-config systemd-boot systemd-boot-efi binutils dosfstools mtools fdisk \
 python3 python3-pip qemu-system-x86 ovmf strace ostree liblzma-dev"

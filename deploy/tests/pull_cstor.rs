@@ -22,17 +22,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{assert_clean, is_root, ok, ours, output, write_files, Mounted};
+use common::{assert_clean, installed, is_root, ok, ours, output, write_files, LoopFs};
 
 /// Files above this size become objects (composefs's inline limit).
 const INLINE_MAX: u64 = 64;
-
-fn installed(tool: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
 
 /// Why these tests cannot run here, if they cannot.
 fn missing() -> Option<String> {
@@ -45,65 +38,6 @@ fn missing() -> Option<String> {
         }
     }
     None
-}
-
-/// A filesystem in a sparse file, loop-mounted; unmounted on drop.
-struct LoopFs {
-    mount: Option<Mounted>,
-    dir: tempfile::TempDir,
-}
-
-impl LoopFs {
-    /// `mkfs_args` makes the filesystem in the image file.
-    fn new(mkfs: &[&str], size: u64) -> Result<LoopFs, String> {
-        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let image = dir.path().join("fs.img");
-        std::fs::File::create(&image)
-            .and_then(|f| f.set_len(size))
-            .map_err(|e| e.to_string())?;
-        let made = output(Command::new(mkfs[0]).args(&mkfs[1..]).arg(&image));
-        if !made.status.success() {
-            return Err(format!(
-                "{mkfs:?}: {}",
-                String::from_utf8_lossy(&made.stderr).trim()
-            ));
-        }
-        let mountpoint = dir.path().join("mnt");
-        std::fs::create_dir(&mountpoint).map_err(|e| e.to_string())?;
-        let mounted = output(
-            Command::new("mount")
-                .args(["-o", "loop"])
-                .arg(&image)
-                .arg(&mountpoint),
-        );
-        if !mounted.status.success() {
-            return Err(format!(
-                "mount -o loop: {}",
-                String::from_utf8_lossy(&mounted.stderr).trim()
-            ));
-        }
-        Ok(LoopFs {
-            mount: Some(Mounted(mountpoint)),
-            dir,
-        })
-    }
-
-    fn path(&self) -> PathBuf {
-        self.dir.path().join("mnt")
-    }
-
-    /// Bytes free for us, after writing everything out.
-    fn available(&self) -> u64 {
-        ok(Command::new("sync").arg("-f").arg(self.path()));
-        let stat = rustix::fs::statvfs(self.path()).expect("statvfs");
-        stat.f_bavail * stat.f_frsize
-    }
-}
-
-impl Drop for LoopFs {
-    fn drop(&mut self) {
-        self.mount.take();
-    }
 }
 
 /// `podman` on a private store.

@@ -12,7 +12,7 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use cfs_tests::oci_layout::{tar_archive, write_layout, ImageSpec, LayerBlob, LayerSpec};
-use common::{assert_clean, ok, ours, output};
+use common::{assert_clean, installed, is_root, ok, ours, output, LoopFs};
 
 mod common;
 
@@ -351,6 +351,51 @@ fn push_then_pull_a_layer_byte_identical() {
     for repo in [&a, &b, &c] {
         assert_clean(repo, "after the push and pull");
     }
+}
+
+/// On one XFS (reflink=1), a push and a pull share every object's extents
+/// with the sender's instead of copying them.
+#[test]
+fn on_one_filesystem_layers_move_by_reflink() {
+    let why_not = if !is_root() {
+        Some("not running as root (loop mounts)".to_owned())
+    } else if !installed("mkfs.xfs") {
+        Some("mkfs.xfs is not installed (run scripts/setup.sh)".to_owned())
+    } else {
+        None
+    };
+    if let Some(why) = why_not {
+        eprintln!("SKIPPED on_one_filesystem_layers_move_by_reflink: {why}");
+        return;
+    }
+    let xfs = match LoopFs::new(&["mkfs.xfs", "-q", "-f", "-m", "reflink=1"], 512 << 20) {
+        Ok(fs) => fs,
+        Err(why) => {
+            eprintln!("SKIPPED on_one_filesystem_layers_move_by_reflink: {why}");
+            return;
+        }
+    };
+    let root = xfs.path();
+    let (a, b, c) = (root.join("a"), root.join("b"), root.join("c"));
+    let diff_id = repo_with_image(&root, &a, &layer_files());
+    let stream_link = format!("streams/oci-layer-{diff_id}");
+    ok(ours(&b).args(["repo", "init", "--insecure"]));
+    ok(ours(&c).args(["repo", "init", "--insecure"]));
+    let service = Service::start(&b, root.join("b.sock"));
+    let moved = |cmd: &mut Command| -> serde_json::Value {
+        serde_json::from_str(&ok(cmd.arg("--varlink").arg(&service.socket))).unwrap()
+    };
+    let pushed = moved(ours(&a).args(["--json", "image", "push-layer", &diff_id]));
+    let pulled = moved(ours(&c).args(["--json", "image", "pull-layer", &diff_id]));
+    drop(service);
+    for reply in [&pushed, &pulled] {
+        assert_eq!(reply["reflinkedObjects"], 2, "{reply}");
+        assert_eq!(reply["copiedObjects"], 0, "{reply}");
+    }
+    assert_eq!(linked(&c, &stream_link), linked(&a, &stream_link));
+    assert_eq!(objects(&c), objects(&b));
+    assert_clean(&b, "after a reflinked push");
+    assert_clean(&c, "after a reflinked pull");
 }
 
 /// A refused push names nothing: no layer stream, no ref; fsck is clean.

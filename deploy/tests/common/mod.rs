@@ -184,6 +184,74 @@ impl Drop for Mounted {
     }
 }
 
+/// Whether `tool` is on the PATH.
+pub fn installed(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// A filesystem in a sparse file, loop-mounted; unmounted on drop.
+#[derive(Debug)]
+pub struct LoopFs {
+    mount: Option<Mounted>,
+    dir: tempfile::TempDir,
+}
+
+impl LoopFs {
+    /// `mkfs_args` makes the filesystem in the image file.
+    pub fn new(mkfs: &[&str], size: u64) -> Result<LoopFs, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let image = dir.path().join("fs.img");
+        std::fs::File::create(&image)
+            .and_then(|f| f.set_len(size))
+            .map_err(|e| e.to_string())?;
+        let made = output(Command::new(mkfs[0]).args(&mkfs[1..]).arg(&image));
+        if !made.status.success() {
+            return Err(format!(
+                "{mkfs:?}: {}",
+                String::from_utf8_lossy(&made.stderr).trim()
+            ));
+        }
+        let mountpoint = dir.path().join("mnt");
+        std::fs::create_dir(&mountpoint).map_err(|e| e.to_string())?;
+        let mounted = output(
+            Command::new("mount")
+                .args(["-o", "loop"])
+                .arg(&image)
+                .arg(&mountpoint),
+        );
+        if !mounted.status.success() {
+            return Err(format!(
+                "mount -o loop: {}",
+                String::from_utf8_lossy(&mounted.stderr).trim()
+            ));
+        }
+        Ok(LoopFs {
+            mount: Some(Mounted(mountpoint)),
+            dir,
+        })
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().join("mnt")
+    }
+
+    /// Bytes free for us, after writing everything out.
+    pub fn available(&self) -> u64 {
+        ok(Command::new("sync").arg("-f").arg(self.path()));
+        let stat = rustix::fs::statvfs(self.path()).expect("statvfs");
+        stat.f_bavail * stat.f_frsize
+    }
+}
+
+impl Drop for LoopFs {
+    fn drop(&mut self) {
+        self.mount.take();
+    }
+}
+
 /// A tmpfs on a fresh temporary directory, unmounted on drop.
 #[derive(Debug)]
 pub struct Tmpfs {
