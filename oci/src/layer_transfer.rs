@@ -240,3 +240,181 @@ fn rewrite<H: FsVerityDigest>(
     let found = format!("sha256:{}", hex::encode(hasher.finalize()));
     Ok((found, writer.finish()))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsFd;
+    use std::path::Path;
+
+    use cfs_erofs::digest::Sha256Digest;
+    use cfs_erofs::fsverity::FsVerityHasher;
+    use cfs_images::transfer::ObjectNames;
+    use cfs_images::InitOptions;
+
+    use super::*;
+    use crate::tar::split_layer;
+
+    type Repo = Repository<Sha256Digest>;
+
+    fn repo(path: &Path) -> Repo {
+        let options = InitOptions {
+            insecure: true,
+            ..Default::default()
+        };
+        Repository::init(path, &options).unwrap()
+    }
+
+    /// A tar with one inline file and two object-sized ones, its diff_id,
+    /// and a repository holding it as a layer.
+    fn source(dir: &Path) -> (Repo, String) {
+        let mut builder = tar::Builder::new(Vec::new());
+        for (name, len) in [("small", 10), ("a", 1000), ("b", 5000)] {
+            let mut header = tar::Header::new_ustar();
+            header.set_size(len as u64);
+            header.set_mode(0o644);
+            header.set_cksum();
+            let data: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+            builder.append_data(&mut header, name, &data[..]).unwrap();
+        }
+        let tar = builder.into_inner().unwrap();
+        let diff_id = format!("sha256:{}", hex::encode(Sha256::digest(&tar)));
+        let repo = repo(&dir.join("a"));
+        let layer = split_layer(&repo, &tar[..]).unwrap();
+        repo.write_stream(&layer_id(&diff_id), &layer.stream_bytes, None)
+            .unwrap();
+        (repo, diff_id)
+    }
+
+    fn import(
+        to: &Repo,
+        diff_id: &str,
+        stream: Vec<u8>,
+        from: &LayerExport,
+    ) -> Result<LayerImport<Sha256Digest>, LayerTransferError> {
+        let objects = ObjectDir {
+            dir: from.objects.as_fd(),
+            names: ObjectNames::Repository,
+        };
+        import_layer(to, diff_id, stream, objects, "layer")
+    }
+
+    #[test]
+    fn a_layer_moves_whole_and_is_named_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, diff_id) = source(dir.path());
+        let b = repo(&dir.path().join("b"));
+        let export = export_layer(&a, &diff_id).unwrap();
+        let stream = export.stream.clone();
+        let stored = import(&b, &diff_id, stream.clone(), &export).unwrap();
+        assert_eq!(
+            stored.stream,
+            FsVerityHasher::<Sha256Digest>::digest(&stream)
+        );
+        assert_eq!(stored.stats.copied + stored.stats.reflinked, 2);
+        assert_eq!(
+            b.has_stream(&layer_id(&diff_id)).unwrap(),
+            Some(stored.stream)
+        );
+        assert!(b.fsck(false).unwrap().is_clean());
+        // Again: already there, only named; nothing sent is read.
+        let again = import(&b, &diff_id, Vec::new(), &export).unwrap();
+        assert_eq!(again.stats, TransferStats::default());
+    }
+
+    #[test]
+    fn the_stored_stream_is_ours_not_the_senders() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, diff_id) = source(dir.path());
+        let b = repo(&dir.path().join("b"));
+        let export = export_layer(&a, &diff_id).unwrap();
+        // The same chunks, but a stream size 512 bytes too large: another
+        // encoding of the same tar.
+        let sent = SplitStream::<Sha256Digest>::parse(export.stream.clone()).unwrap();
+        let mut writer = SplitStreamWriter::<Sha256Digest>::new(ContentType::OCI_LAYER);
+        let mut first = true;
+        for chunk in sent.chunks() {
+            match chunk.unwrap() {
+                Chunk::Inline(bytes) => writer.write_inline(&bytes),
+                Chunk::External(digest) => {
+                    let size = a.read_object(digest).unwrap().len() as u64;
+                    writer.write_external(*digest, if first { size + 512 } else { size });
+                    first = false;
+                }
+            }
+        }
+        let other = writer.finish();
+        assert_ne!(other, export.stream);
+        let stored = import(&b, &diff_id, other, &export).unwrap();
+        assert_eq!(
+            stored.stream,
+            FsVerityHasher::<Sha256Digest>::digest(&export.stream)
+        );
+    }
+
+    #[test]
+    fn refusals_name_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, diff_id) = source(dir.path());
+        let b = repo(&dir.path().join("b"));
+        let export = export_layer(&a, &diff_id).unwrap();
+        let other = format!("sha256:{}", "0".repeat(64));
+        let digest = *SplitStream::<Sha256Digest>::parse(export.stream.clone())
+            .unwrap()
+            .object_refs()
+            .first()
+            .unwrap();
+
+        let mismatch = import(&b, &other, export.stream.clone(), &export).unwrap_err();
+        assert!(matches!(
+            mismatch,
+            LayerTransferError::DiffIdMismatch { .. }
+        ));
+
+        let mut config = SplitStreamWriter::<Sha256Digest>::new(ContentType::OCI_CONFIG);
+        config.write_inline(b"{}");
+        let error = import(&b, &diff_id, config.finish(), &export).unwrap_err();
+        assert!(matches!(
+            error,
+            LayerTransferError::Tar {
+                source: TarError::NotALayer(_),
+                ..
+            }
+        ));
+
+        let mut refs = SplitStreamWriter::<Sha256Digest>::new(ContentType::OCI_LAYER);
+        refs.add_stream_ref("x", digest).unwrap();
+        let error = import(&b, &diff_id, refs.finish(), &export).unwrap_err();
+        assert!(matches!(error, LayerTransferError::HasStreamRefs(1)));
+
+        let error = import(&b, &diff_id, b"junk".to_vec(), &export).unwrap_err();
+        assert!(matches!(error, LayerTransferError::SplitStream(_)));
+
+        for error in [mismatch, error] {
+            assert!(error.is_refusal(), "{error}");
+        }
+        assert_eq!(b.has_stream(&layer_id(&diff_id)).unwrap(), None);
+        assert_eq!(b.has_stream(&layer_id(&other)).unwrap(), None);
+        assert!(b.fsck(false).unwrap().is_clean());
+    }
+
+    #[test]
+    fn diff_ids_are_sha256_lowercase_hex() {
+        let hex = "ab".repeat(32);
+        assert!(check_diff_id(&format!("sha256:{hex}")).is_ok());
+        for bad in [
+            hex.clone(),
+            format!("sha256:{}", hex.to_uppercase()),
+            format!("sha512:{hex}"),
+            format!("sha256:{}", &hex[1..]),
+            format!("sha256:../{}", &hex[3..]),
+        ] {
+            assert!(check_diff_id(&bad).is_err(), "{bad}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let a = repo(&dir.path().join("a"));
+        assert!(matches!(
+            export_layer(&a, &format!("sha256:{hex}")),
+            Err(LayerTransferError::NoSuchLayer(_))
+        ));
+    }
+}
