@@ -22,10 +22,11 @@ demo:
 test:
     cargo test --workspace --no-fail-fast
 
-# Boots an installed host in QEMU (TCG, OVMF, systemd-boot): a Debian
-# trixie image with our initramfs module, installed with `install
-# to-disk`; then a broken boot-counted v2 must fall back to v1 after three
-# tries. About 5 minutes, and a Debian mirror the first time: not in `test`.
+# Boots an installed host in QEMU (TCG, OVMF, systemd-boot): Debian trixie
+# images v1..v3 with our initramfs module, v1 installed with `install
+# to-disk`; upgrade with an /etc change, a v3 that fails boot-complete and
+# falls back by itself, rollback, gc, fs-verity refusing a flipped byte.
+# About 10 minutes on 2 idle cores (a Debian mirror the first time): not in `test`.
 [group('test')]
 vm-test:
     cargo build --release -p cfs-deploy

@@ -244,6 +244,40 @@ fn write_entry(esp: &Dir, entry: &NewEntry, bls: &BlsEntry) -> Result<String, In
     Ok(path)
 }
 
+/// Rewrites the entry at `path` (below the ESP) with `bls`, in one
+/// atomic replace: how a rollback reorders entries (a new sort key)
+/// without the boot loader ever seeing a missing or partial entry.
+pub fn rewrite_entry(esp: &Dir, path: &str, bls: &BlsEntry) -> Result<(), InstallError> {
+    let (dir, file) = path
+        .rsplit_once('/')
+        .ok_or_else(|| InstallError::NotAnEntry(path.to_owned()))?;
+    EntryName::parse(file).ok_or_else(|| InstallError::NotAnEntry(path.to_owned()))?;
+    let dir = esp.open_dir(dir).map_err(io_error("opening", dir))?;
+    write_atomic(&dir, file, bls.to_text().as_bytes()).map_err(io_error("writing", path))
+}
+
+/// Removes the temporary files that interrupted writes left in the entry
+/// directories (the kernel and UKI directories hold nothing an entry
+/// does not name, so their leftovers go with the unnamed ones).
+pub fn remove_leftovers(esp: &Dir) -> Result<(), InstallError> {
+    for dir_path in [ENTRIES_DIR, STAGED_ENTRIES_DIR] {
+        let dir = match esp.open_dir(dir_path) {
+            Ok(dir) => dir,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io_error("opening", dir_path)(e)),
+        };
+        for entry in dir.entries().map_err(io_error("reading", dir_path))? {
+            let name = entry.map_err(io_error("reading", dir_path))?.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with('.') && name.ends_with(".tmp") {
+                dir.remove_file(&*name)
+                    .map_err(io_error("removing", dir_path))?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Moves a staged entry (at `path` below the ESP) to where the boot
 /// loader reads it; returns its new path. One rename: the entry is either
 /// staged or live.

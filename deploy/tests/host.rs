@@ -437,7 +437,27 @@ fn install_upgrade_rollback_switch_gc() {
         .unwrap()
         .count();
     assert_eq!(kernels, 2, "one per distinct kernel in use");
+    // What a write killed before its rename leaves (a rollback's entry
+    // rewrite, a staged entry): gc removes it, and only it.
+    let entries_before = fx.order();
+    for dir in ["loader/entries", "loader/entries.staged"] {
+        std::fs::create_dir_all(fx.esp.join(dir)).unwrap();
+        std::fs::write(
+            fx.esp.join(dir).join(".cfs-interrupted+3.conf.tmp"),
+            "title x\n",
+        )
+        .unwrap();
+    }
     ok(&mut fx.ours(&["gc"]));
+    for dir in ["loader/entries", "loader/entries.staged"] {
+        let left: Vec<_> = std::fs::read_dir(fx.esp.join(dir))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .filter(|n| n.to_string_lossy().ends_with(".tmp"))
+            .collect();
+        assert!(left.is_empty(), "gc left {left:?} in {dir}");
+    }
+    assert_eq!(fx.order(), entries_before, "gc kept every entry");
     let repo = fx.root.join("composefs");
     assert!(
         !repo.join("images").join(&v1).exists(),

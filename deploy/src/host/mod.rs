@@ -26,8 +26,8 @@ use cap_std::ambient_authority;
 use cap_std::fs::Dir;
 use cfs_boot::entries::{BlsEntry, EntryName};
 use cfs_boot::install::{
-    install_type1, install_uki, promote, NewEntry, ENTRIES_DIR, KERNELS_DIR, STAGED_ENTRIES_DIR,
-    UKI_DIR,
+    install_type1, install_uki, promote, remove_leftovers, rewrite_entry, NewEntry, ENTRIES_DIR,
+    KERNELS_DIR, STAGED_ENTRIES_DIR, UKI_DIR,
 };
 use cfs_boot::resources::{find_boot_resources, BootArtifact, BootResources};
 use cfs_boot::uki::{ComposefsArg, Uki};
@@ -570,24 +570,7 @@ pub fn make_default(host: &Host, target: &Deployment) -> Result<()> {
         sort_key: sort_key(generation),
         ..target.bls.clone()
     };
-    let (dir, file) = target
-        .entry_path
-        .rsplit_once('/')
-        .context("entry path without a directory")?;
-    let dir = host.boot_dir()?.open_dir(dir)?;
-    let tmp = format!(".{file}.tmp");
-    {
-        use std::io::Write;
-        let mut out = dir.create(&tmp)?;
-        out.write_all(bls.to_text().as_bytes())?;
-        out.sync_all()?;
-    }
-    dir.rename(&tmp, &dir, file)?;
-    sync_path(
-        &host
-            .boot
-            .join(target.entry_path.rsplit_once('/').map_or("", |p| p.0)),
-    )?;
+    rewrite_entry(&host.boot_dir()?, &target.entry_path, &bls)?;
     Ok(())
 }
 
@@ -614,6 +597,7 @@ pub fn prune<H: FsVerityDigest>(
         std::fs::remove_file(host.boot.join(&deployment.entry_path))?;
         removed.push(deployment.id);
     }
+    remove_leftovers(&host.boot_dir()?)?;
     let live = host.deployments()?;
     // Kernels no entry names.
     let kernels = host.boot.join(KERNELS_DIR);
