@@ -670,7 +670,7 @@ fn digests<H: FsVerityDigest>(
 ) -> Result<Vec<H>, SplitStreamError> {
     let bytes = &data[section(data, which, range)?];
     let digest_len = H::ALGORITHM.digest_len();
-    if bytes.len() % digest_len != 0 {
+    if !bytes.len().is_multiple_of(digest_len) {
         return Err(SplitStreamError::RefArray {
             section: which,
             start: range.start.get(),

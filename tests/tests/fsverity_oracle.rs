@@ -7,12 +7,17 @@ use std::process::Command;
 use cfs_erofs::digest::{FsVerityDigest, Sha256Digest, Sha512Digest};
 use cfs_erofs::fsverity::FsVerityHasher;
 
-const SIZES: [usize; 9] = [
+const SIZES: [usize; 12] = [
     0,
     1,
     4095,
     4096,
     4097,
+    // Three blocks, eight, nine and a bit: our SHA-512 hashes up to eight
+    // data blocks at once.
+    4096 * 3,
+    4096 * 8,
+    4096 * 9 + 100,
     4096 * 128 + 1,
     (1 << 20) + 1,
     (1 << 20) * 8,

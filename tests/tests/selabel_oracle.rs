@@ -86,7 +86,7 @@ impl Builder {
         if let Some(stale) = stale {
             stat.xattrs.insert(SELINUX_XATTR.into(), stale.into());
         }
-        if n % 4 == 0 {
+        if n.is_multiple_of(4) {
             stat.xattrs
                 .insert(b"security.capability"[..].into(), b"\x01\x02"[..].into());
         }
@@ -95,7 +95,7 @@ impl Builder {
 
     fn next_stat(&mut self) -> Stat {
         self.counter += 1;
-        let stale: Option<&[u8]> = (self.counter % 3 != 0).then_some(b"stale_t");
+        let stale: Option<&[u8]> = (!self.counter.is_multiple_of(3)).then_some(b"stale_t");
         Self::stat_for(self.counter, stale)
     }
 
