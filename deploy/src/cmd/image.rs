@@ -128,7 +128,9 @@ pub fn run<H: FsVerityDigest>(args: &Args, command: &ImageCommand) -> Result<()>
                 };
                 return pull_ostree::<H>(args, ostree, name.as_deref(), &options);
             }
-            if reference.starts_with("containers-storage:") && !via_skopeo {
+            if reference.starts_with("containers-storage:") {
+                // skopeo's image proxy does not enter the namespace
+                // itself (its other commands do), so both ways need it.
                 enter_store_userns(args)?;
             }
             let repo = open_repo::<H>(args)?;
