@@ -357,9 +357,17 @@ pub enum ImageCommand {
         /// (`ostree.sign.ed25519`): base64 of its 32 bytes, or a file of
         /// such lines; repeatable. With any key given, an unsigned or
         /// badly signed commit is refused, and so is a summary without a
-        /// good `summary.sig`.
+        /// good `summary.sig`. Keys given are stored for the ostree
+        /// location (replacing those stored before), and later pulls and
+        /// upgrades from it use them without being told.
         #[arg(long, value_name = "BASE64|FILE")]
         ed25519_key: Vec<String>,
+        /// A GPG keyring ostree commits must be signed with
+        /// (`ostree.gpgsigs`, checked by gpgv): public keys as
+        /// `gpg --export [--armor]` writes them; repeatable. Same rules
+        /// as `--ed25519-key`, with which it combines.
+        #[arg(long, value_name = "FILE")]
+        gpg_keyring: Vec<PathBuf>,
     },
     /// List pulled OCI images by tag.
     Ls,

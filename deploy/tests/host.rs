@@ -23,7 +23,7 @@ use cfs_erofs::digest::{FsVerityDigest, Sha512Digest};
 use cfs_erofs::fsverity::FsVerityHasher;
 use cfs_erofs::tree::{LeafContent, RegularFile};
 use cfs_tests::oci_layout::{tar_archive, write_layout, ImageSpec, LayerBlob, LayerSpec};
-use common::{assert_clean, is_root, ok, output, Tmpfs, OURS};
+use common::{assert_clean, is_root, ok, output, GpgKey, Tmpfs, OURS};
 use rand::Rng;
 
 mod common;
@@ -1196,7 +1196,7 @@ fn an_ostree_commit_deploys_and_upgrades_like_an_oci_image() {
     ok(Command::new("ostree")
         .args(["init", "--mode=archive", "--repo"])
         .arg(&ostree_repo));
-    let commit = |version: &str| {
+    let commit = |version: &str, sign: &[String]| {
         let tree = work.path().join(format!("tree-{version}"));
         let files: &[(&str, String)] = &[
             ("usr/lib/modules/6.12.0/vmlinuz", "kernel".repeat(500)),
@@ -1217,11 +1217,12 @@ fn an_ostree_commit_deploys_and_upgrades_like_an_oci_image() {
         ok(Command::new("ostree")
             .args(["commit", "--branch=os", "--repo"])
             .arg(&ostree_repo)
+            .args(sign)
             .arg(format!("--tree=dir={}", tree.display())))
         .trim()
         .to_owned()
     };
-    let first = commit("1");
+    let first = commit("1", &[]);
     let (root, esp) = (work.path().join("root"), work.path().join("esp"));
     std::fs::create_dir_all(&root).unwrap();
     std::fs::create_dir_all(&esp).unwrap();
@@ -1243,7 +1244,7 @@ fn an_ostree_commit_deploys_and_upgrades_like_an_oci_image() {
     let check = ok(&mut host(&["upgrade", "--check"]));
     assert!(check.starts_with("no update"), "{check}");
 
-    let second = commit("2");
+    let second = commit("2", &[]);
     let check = ok(&mut host(&["upgrade", "--check"]));
     assert!(
         check.contains(&format!("commit {first} -> {second}")),
@@ -1266,6 +1267,42 @@ fn an_ostree_commit_deploys_and_upgrades_like_an_oci_image() {
     );
     ok(&mut host(&["gc"]));
     assert_clean(&root.join("composefs"), "after an ostree upgrade and gc");
+
+    // A keyring given once to `image pull` for the source holds for its
+    // upgrades: a commit signed by another key is refused, one signed by
+    // the trusted key deployed.
+    for tool in ["gpg", "gpgv", "gpgconf"] {
+        if Command::new(tool).arg("--version").output().is_err() {
+            println!("SKIPPED {test} (signed upgrades): {tool} is not installed");
+            return;
+        }
+    }
+    let trusted = GpgKey::new(work.path().join("gnupg-trusted"), "trusted");
+    let other = GpgKey::new(work.path().join("gnupg-other"), "other");
+    let keyring = trusted.export(&work.path().join("trusted.gpg"), false);
+    let third = commit("3", &trusted.sign_args());
+    let pulled = ok(Command::new(OURS)
+        .arg("--repo")
+        .arg(root.join("composefs"))
+        .args(["image", "pull", &source, &keyring]));
+    assert!(pulled.contains(&format!("commit {third}")), "{pulled}");
+    let fourth = commit("4", &other.sign_args());
+    let out = output(&mut host(&["--quiet", "upgrade"]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "upgraded to {fourth} signed by another key"
+    );
+    assert!(
+        stderr.contains(&format!("commit {fourth} refused"))
+            && stderr.contains("which is not in the keyring"),
+        "{stderr}"
+    );
+    assert_eq!(status()["deployments"][0]["manifest"], second.as_str());
+    let fifth = commit("5", &trusted.sign_args());
+    ok(&mut host(&["--quiet", "upgrade"]));
+    assert_eq!(status()["deployments"][0]["manifest"], fifth.as_str());
+    assert_clean(&root.join("composefs"), "after signed ostree upgrades");
 }
 
 fn xattr(path: &Path, name: &str) -> Option<Vec<u8>> {

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{assert_clean, cfsctl, ok, ours, output};
+use common::{assert_clean, cfsctl, ok, ours, output, GpgKey};
 use rand::Rng;
 
 mod common;
@@ -803,4 +803,208 @@ fn base64_of(data: &[u8]) -> String {
     std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), data).expect("write");
     let out = child.wait_with_output().expect("base64");
     String::from_utf8(out.stdout).expect("base64 text")
+}
+
+/// Flips the last byte of the first `ostree.gpgsigs` signature in the
+/// `a{sv}` at `meta_file`, re-serialized by GLib.
+fn tamper_gpg_signature(meta_file: &Path) {
+    const TAMPER: &str = r#"
+import sys
+from gi.repository import GLib
+path = sys.argv[1]
+v = GLib.Variant.new_from_bytes(GLib.VariantType("a{sv}"), GLib.Bytes(open(path, "rb").read()), False)
+meta = {k: v.lookup_value(k, None) for k in v.keys()}
+sigs = [bytes(s) for s in meta["ostree.gpgsigs"].unpack()]
+sigs[0] = sigs[0][:-1] + bytes([sigs[0][-1] ^ 1])
+meta["ostree.gpgsigs"] = GLib.Variant("aay", sigs)
+out = GLib.Variant("a{sv}", meta).get_normal_form()
+open(path, "wb").write(out.get_data_as_bytes().get_data())
+"#;
+    ok(Command::new("/usr/bin/python3")
+        .args(["-c", TAMPER])
+        .arg(meta_file));
+}
+
+#[test]
+fn gpg_signatures_are_verified_against_configured_keyrings() {
+    if !have_tools() {
+        return;
+    }
+    for tool in ["gpg", "gpgv", "gpgconf"] {
+        if Command::new(tool).arg("--version").output().is_err() {
+            eprintln!("SKIPPED gpg signatures: {tool} is not installed");
+            return;
+        }
+    }
+    let gi = Command::new("/usr/bin/python3")
+        .args(["-c", "from gi.repository import GLib"])
+        .output();
+    if !gi.is_ok_and(|o| o.status.success()) {
+        eprintln!("SKIPPED gpg signatures: needs python3-gi (GLib) to tamper a signature");
+        return;
+    }
+    let work = tempfile::tempdir().expect("tempdir");
+    let work = work.path();
+    let trusted = GpgKey::new(work.join("gnupg-trusted"), "trusted");
+    let other = GpgKey::new(work.join("gnupg-other"), "other");
+    let keyring = trusted.export(&work.join("trusted.gpg"), false);
+    let armored = trusted.export(&work.join("trusted.asc"), true);
+    let other_keyring = other.export(&work.join("other.gpg"), false);
+
+    // Commits signed by `ostree commit --gpg-sign`: by the trusted key
+    // (twice: one to tamper with), by the other key, and not at all.
+    let source = work.join("served");
+    archive_repo(&source);
+    let tree = work.join("tree");
+    make_tree(&tree, 6, 2);
+    let signed_commit = |branch: &str, key: Option<&GpgKey>| {
+        write(&tree.join("branch"), branch.as_bytes(), 0o644);
+        let mut cmd = ostree(&source);
+        cmd.args([
+            "commit",
+            "-b",
+            branch,
+            "-s",
+            branch,
+            "--owner-uid=0",
+            "--owner-gid=0",
+        ]);
+        if let Some(key) = key {
+            cmd.args(key.sign_args());
+        }
+        ok(cmd.arg(&tree)).trim().to_owned()
+    };
+    let signed = signed_commit("signed", Some(&trusted));
+    let tampered = signed_commit("tampered", Some(&trusted));
+    let by_other = signed_commit("other", Some(&other));
+    let unsigned = signed_commit("unsigned", None);
+    let commitmeta = |c: &str| {
+        source
+            .join("objects")
+            .join(&c[..2])
+            .join(format!("{}.commitmeta", &c[2..]))
+    };
+    tamper_gpg_signature(&commitmeta(&tampered));
+    ok(ostree(&source)
+        .args(["summary", "-u"])
+        .args(trusted.sign_args()));
+    let server = Server::start(&source, 0.0);
+    let url = &server.url;
+    // The oracle: `ostree pull` from a remote with the trusted key
+    // imported, GPG verification of commits and summary on.
+    let armored_path = work.join("trusted.asc");
+    let ostree_accepts = |rev: &str| {
+        let client = work.join(format!("client-{}", rand::rng().random::<u32>()));
+        ok(ostree(&client).args(["init", "--mode=bare-user"]));
+        ok(ostree(&client)
+            .args(["remote", "add", "--set=gpg-verify-summary=true"])
+            .arg(format!("--gpg-import={}", armored_path.display()))
+            .args(["origin", url]));
+        let accepted = ostree(&client)
+            .args(["pull", "origin", rev])
+            .output()
+            .expect("ostree pull")
+            .status
+            .success();
+        let _ = std::fs::remove_dir_all(&client);
+        accepted
+    };
+    for (rev, accepted) in [
+        (signed.as_str(), true),
+        ("signed", true),
+        (&by_other, false),
+        (&unsigned, false),
+        (&tampered, false),
+    ] {
+        assert_eq!(ostree_accepts(rev), accepted, "ostree pull {rev}");
+    }
+    server.take_requests();
+
+    // A good signature, with the ref resolved through a summary whose
+    // summary.sig is checked too; gpg names the same key we do.
+    let repo = work.join("ours");
+    init(&repo);
+    let report = pull(&repo, url, "signed", &[&keyring]);
+    assert_eq!(report["commit"], signed.as_str());
+    assert_eq!(
+        report["signedBy"],
+        format!("GPG key {}", trusted.fingerprint).as_str()
+    );
+    let requests = server.take_requests();
+    for wanted in ["/summary.sig", ".commitmeta"] {
+        assert!(
+            requests.iter().any(|r| r.ends_with(wanted)),
+            "{wanted} not fetched: {requests:?}"
+        );
+    }
+    // An armored keyring works the same; so do two keyrings.
+    for flags in [vec![armored.as_str()], vec![&other_keyring, &keyring]] {
+        let repo = work.join(format!("good-{}", rand::rng().random::<u32>()));
+        init(&repo);
+        let report = pull(&repo, url, &signed, &flags);
+        assert_eq!(report["commit"], signed.as_str(), "{flags:?}");
+    }
+
+    let refused = |repo: &Path, flags: &[&str], rev: &str, needle: &str| {
+        let tag = repo.join("streams/refs/ostree").join(rev);
+        let tagged_before = std::fs::read_link(&tag).ok();
+        let out = output(
+            ours(repo)
+                .args(["image", "pull"])
+                .arg(format!("ostree:{url}:{rev}"))
+                .args(flags),
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{flags:?} {rev}: pull succeeded");
+        assert!(stderr.contains(needle), "{flags:?} {rev}: {stderr}");
+        assert_eq!(
+            std::fs::read_link(&tag).ok(),
+            tagged_before,
+            "{rev} was tagged"
+        );
+        assert_clean(repo, &format!("after refusing {rev}"));
+        eprintln!("refused: {}", stderr.lines().last().unwrap_or(""));
+    };
+    let fresh = || {
+        let repo = work.join(format!("refusing-{}", rand::rng().random::<u32>()));
+        init(&repo);
+        repo
+    };
+    let not_in_keyring = "which is not in the keyring";
+    refused(&fresh(), &[&keyring], &by_other, not_in_keyring);
+    refused(&fresh(), &[&keyring], &unsigned, "is not signed");
+    refused(&fresh(), &[&keyring], &tampered, "bad signature by key");
+    // The same commits pass with the other key (so the refusals were
+    // about the key) and without keys (so they were about signatures).
+    let repo_other = fresh();
+    pull(&repo_other, url, &by_other, &[&other_keyring]);
+    let repo_none = fresh();
+    for commit in [&unsigned, &tampered] {
+        let report = pull(&repo_none, url, commit, &[]);
+        assert!(report["signedBy"].is_null(), "{report}");
+    }
+
+    // The keyring given to the first pull is the remote's from then on.
+    refused(&repo, &[], &by_other, not_in_keyring);
+    refused(&repo, &[], &unsigned, "is not signed");
+    let again = pull(&repo, url, &signed, &[]);
+    assert_eq!(
+        again["signedBy"],
+        format!("GPG key {}", trusted.fingerprint).as_str()
+    );
+
+    // summary.sig: by the other key, then none at all.
+    ok(ostree(&source)
+        .args(["summary", "-u"])
+        .args(other.sign_args()));
+    assert!(
+        !ostree_accepts("signed"),
+        "ostree took a summary by the other key"
+    );
+    refused(&fresh(), &[&keyring], "signed", "summary refused");
+    refused(&repo, &[], "signed", "summary refused");
+    ok(ostree(&source).args(["summary", "-u"]));
+    assert!(!source.join("summary.sig").exists());
+    refused(&repo, &[], "signed", "summary refused: it is not signed");
+    assert_clean(&repo, "after the GPG-signed pulls");
 }

@@ -21,7 +21,7 @@ use crate::fetch::{FetchStats, Fetcher, IndexedObjects, DEFAULT_FETCH_JOBS};
 use crate::index::ObjectIndex;
 use crate::object::Commit;
 use crate::repo::LocalRepo;
-use crate::sign::TrustedKeys;
+use crate::sign::{Signer, TrustedKeys};
 use crate::source::open_source;
 
 /// The content type of the stream that keeps a pulled commit's images
@@ -73,6 +73,9 @@ pub struct PullReport<H> {
     pub stats: ConvertStats,
     /// The tag set.
     pub tag: String,
+    /// The key whose signature on the commit was verified; `None` when
+    /// no key is configured.
+    pub signed_by: Option<Signer>,
 }
 
 /// Reads policy files of the image from the repository, for SELinux
@@ -158,14 +161,18 @@ pub fn pull_remote<H: FsVerityDigest>(
         None
     };
     let (commit, commit_bytes) = fetcher.commit(&checksum)?;
-    if !options.keys.is_empty() {
-        options.keys.verify(
+    let signed_by = if options.keys.is_empty() {
+        None
+    } else {
+        Some(options.keys.verify(
             &format!("commit {checksum}"),
             &commit_bytes,
             commitmeta.as_deref(),
-        )?;
-    }
-    if let Some(report) = already_pulled(repo, &checksum, &tag, || Ok(commit.subject.clone()))? {
+        )?)
+    };
+    if let Some(mut report) = already_pulled(repo, &checksum, &tag, || Ok(commit.subject.clone()))?
+    {
+        report.signed_by = signed_by;
         return Ok((report, fetcher.stats()));
     }
     // The commit is checked; only now do the delta's parts come.
@@ -173,7 +180,7 @@ pub fn pull_remote<H: FsVerityDigest>(
         apply_delta(&fetcher, &index, repo, delta)?;
     }
     fetcher.fetch_tree(&commit)?;
-    let report = store_commit(
+    let mut report = store_commit(
         repo,
         &checksum,
         &commit,
@@ -181,6 +188,7 @@ pub fn pull_remote<H: FsVerityDigest>(
         &IndexedObjects::new(&index),
         tag,
     )?;
+    report.signed_by = signed_by;
     Ok((report, fetcher.stats()))
 }
 
@@ -212,6 +220,7 @@ fn already_pulled<H: FsVerityDigest>(
             .ok_or_else(|| "not generated when first pulled".to_owned()),
         stats: ConvertStats::default(),
         tag: tag.to_owned(),
+        signed_by: None,
     }))
 }
 
@@ -260,5 +269,6 @@ fn store_commit<H: FsVerityDigest>(
         boot_image,
         stats,
         tag,
+        signed_by: None,
     })
 }

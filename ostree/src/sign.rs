@@ -8,15 +8,14 @@
 //! - `ostree.sign.ed25519`: 64-byte raw Ed25519 signatures, checked with
 //!   OpenSSL against 32-byte public keys given in base64, as
 //!   `ostree sign --keys-file` takes them;
-//! - `ostree.gpgsigs`: OpenPGP signatures. Not verified yet: no OpenPGP
-//!   implementation is linked (rpgp's dependency tree was too costly to
-//!   build here for now), so a commit signed only with GPG is refused
-//!   when keys are configured, and accepted unchecked when none are.
+//! - `ostree.gpgsigs`: binary OpenPGP detached signatures, checked by
+//!   `gpgv` against a keyring of exported public keys ([`crate::gpg`]).
 //!
 //! When any key is configured, a commit or summary is accepted only if
 //! at least one signature verifies with one of them (ostree's rule for a
 //! remote with verification on); a missing `.commitmeta`, no signature
-//! of a configured kind, or only bad ones, are refused.
+//! of a configured kind, or only bad ones, are refused. Signatures of a
+//! kind no key is configured for are ignored.
 
 use std::fmt;
 
@@ -26,9 +25,12 @@ use openssl::pkey::{Id, PKey, Public};
 use openssl::sign::Verifier;
 
 use crate::error::OstreeError;
+use crate::gpg::{Gpgv, Keyring, Verdict, MAX_GPG_SIGNATURES};
 
 /// The `a{sv}` key of Ed25519 signatures.
 const ED25519_KEY: &str = "ostree.sign.ed25519";
+/// The `a{sv}` key of OpenPGP signatures.
+const GPG_KEY: &str = "ostree.gpgsigs";
 /// The largest detached metadata or key file read.
 pub const MAX_SIGNATURES_SIZE: u64 = 16 << 20;
 
@@ -36,20 +38,40 @@ pub const MAX_SIGNATURES_SIZE: u64 = 16 << 20;
 #[derive(Default, Clone)]
 pub struct TrustedKeys {
     ed25519: Vec<PKey<Public>>,
+    gpg: Keyring,
 }
 
 impl fmt::Debug for TrustedKeys {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TrustedKeys")
             .field("ed25519", &self.ed25519.len())
+            .field("gpg_keyring_bytes", &self.gpg.as_bytes().len())
             .finish()
+    }
+}
+
+/// The key a good signature was made with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Signer {
+    /// An Ed25519 key, base64 of its 32 bytes.
+    Ed25519(String),
+    /// A GPG key, by its primary key's fingerprint (hex).
+    Gpg(String),
+}
+
+impl fmt::Display for Signer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Signer::Ed25519(key) => write!(f, "ed25519 key {key}"),
+            Signer::Gpg(fingerprint) => write!(f, "GPG key {fingerprint}"),
+        }
     }
 }
 
 impl TrustedKeys {
     /// Whether any key is configured (then signatures are required).
     pub fn is_empty(&self) -> bool {
-        self.ed25519.is_empty()
+        self.ed25519.is_empty() && self.gpg.is_empty()
     }
 
     /// Adds Ed25519 public keys: base64 of the 32 raw bytes, one a line
@@ -73,31 +95,67 @@ impl TrustedKeys {
         Ok(())
     }
 
+    /// Adds the GPG public keys of an exported keyring, binary or
+    /// ASCII-armored (see [`Keyring::add`]).
+    pub fn add_gpg_keyring(&mut self, data: &[u8]) -> Result<(), OstreeError> {
+        self.gpg.add(data)
+    }
+
+    /// The Ed25519 keys, base64 of their 32 bytes each.
+    pub fn ed25519_keys(&self) -> Vec<String> {
+        self.ed25519.iter().map(ed25519_text).collect()
+    }
+
+    /// The GPG keyring (binary; empty if none is configured).
+    pub fn gpg_keyring(&self) -> &Keyring {
+        &self.gpg
+    }
+
     /// Checks that `signatures` (an `a{sv}`, absent if `None`) holds a
-    /// signature over `signed` by one of the keys. `what` names the
-    /// signed thing in errors.
+    /// signature over `signed` by one of the keys, and says whose.
+    /// `what` names the signed thing in errors.
     pub fn verify(
         &self,
         what: &str,
         signed: &[u8],
         signatures: Option<&[u8]>,
-    ) -> Result<(), OstreeError> {
+    ) -> Result<Signer, OstreeError> {
         let refused = |reason: String| OstreeError::Signature {
             what: what.to_owned(),
             reason,
         };
         let Some(signatures) = signatures else {
-            return Err(refused("it is not signed (no detached metadata)".into()));
+            return Err(refused("it is not signed (no detached signatures)".into()));
         };
-        let found = ed25519_signatures(signatures);
-        let tried = found.len();
-        for signature in &found {
-            if self
-                .ed25519
-                .iter()
-                .any(|key| ed25519_ok(key, signature, signed))
-            {
-                return Ok(());
+        let mut tried = 0;
+        let mut problems = Vec::new();
+        if !self.ed25519.is_empty() {
+            let found = signatures_of(signatures, ED25519_KEY);
+            tried += found.len();
+            for signature in &found {
+                if let Some(key) = self
+                    .ed25519
+                    .iter()
+                    .find(|key| ed25519_ok(key, signature, signed))
+                {
+                    return Ok(Signer::Ed25519(ed25519_text(key)));
+                }
+            }
+            if !found.is_empty() {
+                problems.push("ed25519: none by a configured key".to_owned());
+            }
+        }
+        if !self.gpg.is_empty() {
+            let found = signatures_of(signatures, GPG_KEY);
+            if !found.is_empty() {
+                let gpgv = Gpgv::new(&self.gpg, signed)?;
+                for signature in found.iter().take(MAX_GPG_SIGNATURES) {
+                    tried += 1;
+                    match gpgv.check(signature)? {
+                        Verdict::Good(fingerprint) => return Ok(Signer::Gpg(fingerprint)),
+                        Verdict::Refused(why) => problems.push(format!("gpg: {why}")),
+                    }
+                }
             }
         }
         if tried == 0 {
@@ -106,18 +164,25 @@ impl TrustedKeys {
             ));
         }
         Err(refused(format!(
-            "none of its {tried} signatures verifies with a configured key"
+            "none of its {tried} signatures verifies with a configured key ({})",
+            problems.join("; ")
         )))
     }
 }
 
-/// The Ed25519 signatures in an `a{sv}`.
-fn ed25519_signatures(data: &[u8]) -> Vec<Vec<u8>> {
+fn ed25519_text(key: &PKey<Public>) -> String {
+    // A key built from raw bytes always gives them back.
+    let raw = key.raw_public_key().unwrap_or_default();
+    openssl::base64::encode_block(&raw)
+}
+
+/// The signatures under `name` (an `aay`) in an `a{sv}`.
+fn signatures_of(data: &[u8], name: &str) -> Vec<Vec<u8>> {
     let buf: AlignedBuf = data.to_vec().into();
     let mut found = Vec::new();
     for entry in gv!("a{sv}").cast(buf.as_aligned()) {
         let (key, value) = entry.to_tuple();
-        if key.to_str() == ED25519_KEY {
+        if key.to_str() == name {
             if let Some(items) = value.get(gv!("aay")) {
                 found.extend(items.iter().map(|s| s.to_vec()));
             }

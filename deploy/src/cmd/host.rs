@@ -48,8 +48,20 @@ fn pull<H: FsVerityDigest>(
 ) -> Result<Origin> {
     let (manifest_digest, stream, image, boot_image) = match ostree_source(source)? {
         Some((path, rev)) => {
-            let report = cfs_ostree::pull::pull_local(repo, Path::new(path), rev, None)
-                .with_context(|| format!("pulling {rev} from ostree repository {path}"))?;
+            // Keys stored for the location by `image pull` are enforced
+            // here too; checking them takes the remote path (which reads
+            // local archive repositories as well).
+            let keys = cfs_ostree::remote::load_keys(repo, path)?;
+            let report = if keys.is_empty() {
+                cfs_ostree::pull::pull_local(repo, Path::new(path), rev, None)
+            } else {
+                let options = cfs_ostree::pull::RemoteOptions {
+                    keys,
+                    ..Default::default()
+                };
+                cfs_ostree::pull::pull_remote(repo, path, rev, None, &options).map(|(r, _)| r)
+            }
+            .with_context(|| format!("pulling {rev} from ostree repository {path}"))?;
             let stream = cfs_ostree::pull::commit_stream_id(&report.commit);
             (
                 report.commit.to_hex(),

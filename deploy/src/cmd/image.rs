@@ -2,7 +2,7 @@
 //! stored in the repository.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use cap_std::ambient_authority;
@@ -116,6 +116,7 @@ pub fn run<H: FsVerityDigest>(args: &Args, command: &ImageCommand) -> Result<()>
             fetch_jobs,
             disable_static_deltas,
             ed25519_key,
+            gpg_keyring,
         } => {
             if let Some(ostree) = reference.strip_prefix("ostree:") {
                 if platform.is_some() || *insecure_registry {
@@ -124,9 +125,12 @@ pub fn run<H: FsVerityDigest>(args: &Args, command: &ImageCommand) -> Result<()>
                 let options = cfs_ostree::pull::RemoteOptions {
                     fetch_jobs: usize::from(*fetch_jobs),
                     static_deltas: !*disable_static_deltas,
-                    keys: trusted_keys(ed25519_key)?,
+                    keys: trusted_keys(ed25519_key, gpg_keyring)?,
                 };
-                return pull_ostree::<H>(args, ostree, name.as_deref(), &options);
+                return pull_ostree::<H>(args, ostree, name.as_deref(), options);
+            }
+            if !ed25519_key.is_empty() || !gpg_keyring.is_empty() {
+                bail!("--ed25519-key and --gpg-keyring are for ostree: sources");
             }
             if reference.starts_with("containers-storage:") {
                 // skopeo's image proxy does not enter the namespace
@@ -381,7 +385,7 @@ fn pull_ostree<H: FsVerityDigest>(
     args: &Args,
     source: &str,
     tag: Option<&str>,
-    options: &cfs_ostree::pull::RemoteOptions,
+    mut options: cfs_ostree::pull::RemoteOptions,
 ) -> Result<()> {
     let Some((path, rev)) = source
         .rsplit_once(':')
@@ -390,12 +394,19 @@ fn pull_ostree<H: FsVerityDigest>(
         bail!("an ostree source is ostree:REPO-PATH:REF (or :COMMIT), not ostree:{source}");
     };
     let repo = open_repo::<H>(args)?;
+    // Keys given are the remote's from now on, even if this pull is
+    // refused: a retry without them must not go unchecked.
+    if options.keys.is_empty() {
+        options.keys = cfs_ostree::remote::load_keys(&repo, path)?;
+    } else {
+        cfs_ostree::remote::save_keys(&repo, path, &options.keys)?;
+    }
     // Signatures are checked on the remote path, which also reads local
     // archive repositories.
     let remote =
         path.starts_with("http://") || path.starts_with("https://") || !options.keys.is_empty();
     let (report, fetched) = if remote {
-        let (report, fetched) = cfs_ostree::pull::pull_remote(&repo, path, rev, tag, options)
+        let (report, fetched) = cfs_ostree::pull::pull_remote(&repo, path, rev, tag, &options)
             .with_context(|| format!("pulling {rev} from ostree repository {path}"))?;
         (report, Some(fetched))
     } else {
@@ -427,10 +438,14 @@ fn pull_ostree<H: FsVerityDigest>(
             })),
             "image": report.image.to_hex(),
             "bootImage": report.boot_image.as_ref().ok().map(|d| d.to_hex()),
+            "signedBy": report.signed_by.as_ref().map(ToString::to_string),
         }))?;
     } else {
         println!("commit {}", report.commit);
         println!("subject {}", report.subject);
+        if let Some(signer) = &report.signed_by {
+            println!("signed by {signer}");
+        }
         println!(
             "read {} directories, {} files; {} bytes stored as objects",
             stats.directories, stats.files, stats.external_bytes
@@ -454,9 +469,19 @@ fn pull_ostree<H: FsVerityDigest>(
     Ok(())
 }
 
-/// The keys given on the command line: Ed25519 keys inline or in files.
-fn trusted_keys(ed25519: &[String]) -> Result<cfs_ostree::sign::TrustedKeys> {
+/// The keys given on the command line: Ed25519 keys inline or in files,
+/// GPG keyring files.
+fn trusted_keys(
+    ed25519: &[String],
+    gpg_keyrings: &[PathBuf],
+) -> Result<cfs_ostree::sign::TrustedKeys> {
     let mut keys = cfs_ostree::sign::TrustedKeys::default();
+    for path in gpg_keyrings {
+        let data = std::fs::read(path)
+            .with_context(|| format!("reading --gpg-keyring {}", path.display()))?;
+        keys.add_gpg_keyring(&data)
+            .with_context(|| format!("--gpg-keyring {}", path.display()))?;
+    }
     for given in ed25519 {
         let path = Path::new(given);
         let text = if path.is_file() {

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -499,4 +499,66 @@ pub fn rng(seed: u64) -> StdRng {
 /// Digest length check: tests assume SHA-512 repositories (the default).
 pub fn hex_len() -> usize {
     2 * <Sha512Digest as FsVerityDigest>::ALGORITHM.digest_len()
+}
+
+/// A GnuPG home with one signing key made by `gpg` itself; its agent is
+/// stopped when dropped.
+pub struct GpgKey {
+    /// Its GnuPG home.
+    pub home: PathBuf,
+    /// The key's fingerprint, as gpg lists it.
+    pub fingerprint: String,
+}
+
+impl GpgKey {
+    pub fn new(home: PathBuf, name: &str) -> Self {
+        std::fs::create_dir_all(&home).expect("mkdir");
+        std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+        ok(Command::new("gpg")
+            .arg("--homedir")
+            .arg(&home)
+            .args(["--batch", "--passphrase", "", "--quick-gen-key"])
+            .arg(format!("{name} <{name}@example.test>"))
+            .args(["ed25519", "sign", "never"]));
+        let listing = ok(Command::new("gpg")
+            .arg("--homedir")
+            .arg(&home)
+            .args(["--with-colons", "--list-keys"]));
+        let fingerprint = listing
+            .lines()
+            .find_map(|l| l.strip_prefix("fpr:"))
+            .and_then(|l| l.split(':').nth(8))
+            .expect("a fingerprint")
+            .to_owned();
+        Self { home, fingerprint }
+    }
+
+    /// `gpg --export [--armor]` of the key, written to `path`.
+    pub fn export(&self, path: &Path, armor: bool) -> String {
+        let mut cmd = Command::new("gpg");
+        cmd.arg("--homedir").arg(&self.home).arg("--export");
+        if armor {
+            cmd.arg("--armor");
+        }
+        std::fs::write(path, output(cmd.arg(&self.fingerprint)).stdout).expect("write keyring");
+        format!("--gpg-keyring={}", path.display())
+    }
+
+    /// The `ostree` options that sign with this key.
+    pub fn sign_args(&self) -> [String; 2] {
+        [
+            format!("--gpg-sign={}", self.fingerprint),
+            format!("--gpg-homedir={}", self.home.display()),
+        ]
+    }
+}
+
+impl Drop for GpgKey {
+    fn drop(&mut self) {
+        let _ = Command::new("gpgconf")
+            .arg("--homedir")
+            .arg(&self.home)
+            .args(["--kill", "gpg-agent"])
+            .output();
+    }
 }
