@@ -8,7 +8,7 @@ set -eu
 APT_PACKAGES="erofs-utils xfsprogs fsverity policycoreutils selinux-policy-default \
 mmdebstrap util-linux e2fsprogs time skopeo docker-registry podman umoci buildah \
 libssl-dev pkg-config systemd-boot systemd-boot-efi binutils dosfstools mtools fdisk \
-python3 python3-pip qemu-system-x86 ovmf strace ostree liblzma-dev gpgv gnupg python3-gi"
+python3 python3-pip qemu-system-x86 ovmf cpio strace ostree liblzma-dev gpgv gnupg python3-gi"
 CFSCTL_VERSION=0.9.4
 
 run_root() {
