@@ -318,6 +318,16 @@ fn push_then_pull_a_layer_byte_identical() {
         assert_eq!(a_objects.get(name), Some(bytes), "{name} differs from A's");
     }
 
+    // Garbage collection runs while the service does (which holds no
+    // lock between calls), and the ref keeps the layer: nothing goes.
+    ok(Command::new("timeout")
+        .arg("60")
+        .arg(common::OURS)
+        .arg("--repo")
+        .arg(&b)
+        .args(["repo", "gc"]));
+    assert_eq!(objects(&b), b_objects);
+
     // Pushing again names the layer again and stores nothing.
     let again: serde_json::Value = serde_json::from_str(&ok(ours(&a)
         .args([

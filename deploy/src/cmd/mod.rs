@@ -123,7 +123,11 @@ fn dispatch<H: FsVerityDigest>(args: Args) -> Result<()> {
         Command::Image(command) => image::run::<H>(&args, command),
         Command::Repo(command) => repo::run::<H>(&args, command),
         Command::Bless { esp } => bless::run(esp.as_deref()),
-        Command::Serve { varlink } => crate::varlink::serve(open_repo::<H>(&args)?, varlink),
+        Command::Serve { varlink } => {
+            // Opened once to fail early; the service opens it per call.
+            drop(open_repo::<H>(&args)?);
+            crate::varlink::serve::<H>(&repo_path(&args), varlink)
+        }
         Command::Install(command) => host::install::<H>(&args, command),
         Command::Upgrade { check, keep, host } => {
             host::upgrade::<H>(&args, host, None, *check, *keep)

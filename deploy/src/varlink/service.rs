@@ -4,12 +4,14 @@
 //! without streaming their content through the socket.
 //!
 //! Calls are answered one at a time, each from the repository as it is
-//! now. A push is checked whole before anything names it (see
+//! now: it is opened for each call, so `repo gc` runs between calls (and
+//! waits for one in progress) however long the service lives. A push is checked whole before anything names it (see
 //! [`cfs_oci::layer_transfer`]), so a refused or interrupted push leaves
 //! the repository as fsck finds it clean.
 
+use std::marker::PhantomData;
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use cfs_erofs::digest::FsVerityDigest;
@@ -124,9 +126,23 @@ fn repository_error(error: impl std::fmt::Display) -> ImagesError {
     }
 }
 
-impl<H: FsVerityDigest + Send + Sync> Store for Repository<H> {
+/// The repository at a path, opened anew for each call: an open
+/// repository holds a shared lock, and a service that held one for its
+/// whole life would keep `repo gc` waiting for as long as it runs.
+struct RepoAt<H> {
+    path: PathBuf,
+    hash: PhantomData<fn() -> H>,
+}
+
+impl<H: FsVerityDigest> RepoAt<H> {
+    fn open(&self) -> Result<Repository<H>, ImagesError> {
+        Repository::open(&self.path).map_err(repository_error)
+    }
+}
+
+impl<H: FsVerityDigest> Store for RepoAt<H> {
     fn list(&self) -> Result<Images, ImagesError> {
-        let images = catalog::list(self).map_err(repository_error)?;
+        let images = catalog::list(&self.open()?).map_err(repository_error)?;
         Ok(Images {
             images: images
                 .into_iter()
@@ -143,7 +159,8 @@ impl<H: FsVerityDigest + Send + Sync> Store for Repository<H> {
     }
 
     fn pull_layer(&self, diff_id: &str) -> Result<(PulledLayer, Vec<OwnedFd>), ImagesError> {
-        let export = layer_transfer::export_layer(self, diff_id)?;
+        let repo = self.open()?;
+        let export = layer_transfer::export_layer(&repo, diff_id)?;
         let stream = fds::sealed_memfd(&export.stream).map_err(repository_error)?;
         let layer = PulledLayer {
             stream_fd: 0,
@@ -155,13 +172,14 @@ impl<H: FsVerityDigest + Send + Sync> Store for Repository<H> {
     }
 
     fn push_layer(&self, push: Push<'_>) -> Result<PushedLayer, ImagesError> {
+        let repo = self.open()?;
         let stream_ref = layer_ref(push.name);
         let objects = ObjectDir {
             dir: push.objects.as_fd(),
             names: push.object_names.into(),
         };
         let import =
-            layer_transfer::import_layer(self, push.diff_id, push.stream, objects, &stream_ref)?;
+            layer_transfer::import_layer(&repo, push.diff_id, push.stream, objects, &stream_ref)?;
         Ok(PushedLayer {
             stream_digest: import.stream.to_hex(),
             stream_ref,
@@ -173,11 +191,9 @@ impl<H: FsVerityDigest + Send + Sync> Store for Repository<H> {
     }
 }
 
-/// Listens on `socket` and answers calls until the process is killed.
-pub fn serve<H: FsVerityDigest + Send + Sync + 'static>(
-    repo: Repository<H>,
-    socket: &Path,
-) -> Result<()> {
+/// Listens on `socket` and answers calls about the repository at `repo`
+/// (opened for each call) until the process is killed.
+pub fn serve<H: FsVerityDigest + 'static>(repo: &Path, socket: &Path) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .build()
@@ -185,7 +201,10 @@ pub fn serve<H: FsVerityDigest + Send + Sync + 'static>(
     runtime.block_on(async {
         let listener =
             unix::bind(socket).with_context(|| format!("listening on {}", socket.display()))?;
-        let store = Box::new(repo);
+        let store = Box::new(RepoAt::<H> {
+            path: repo.to_owned(),
+            hash: PhantomData,
+        });
         Server::new(listener, ImagesService { store })
             .run()
             .await
