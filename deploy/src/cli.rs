@@ -128,8 +128,9 @@ pub enum Command {
     /// Mark the booted boot entry good (drop its boot counter), once the
     /// system reached boot-complete.target.
     Bless {
-        /// The ESP (default: the first of /efi, /boot/efi, /boot that
-        /// holds loader/).
+        /// The ESP (default: the first of /boot, /efi, /boot/efi that
+        /// holds loader/entries, else the ESP systemd-boot started from,
+        /// mounted for this command only).
         #[arg(long)]
         esp: Option<PathBuf>,
     },
@@ -154,7 +155,8 @@ pub struct HostArgs {
     pub sysroot: PathBuf,
     /// Where the boot entries and kernels are: the ESP or an XBOOTLDR
     /// partition (default: the first of /boot, /efi, /boot/efi that holds
-    /// loader/entries).
+    /// loader/entries, else the ESP systemd-boot started from, mounted
+    /// for this command only).
     #[arg(long, alias = "esp")]
     pub boot_dir: Option<PathBuf>,
     /// The kernel command line that names the booted deployment.

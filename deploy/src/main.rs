@@ -5,6 +5,7 @@
 
 mod cli;
 mod cmd;
+mod esp;
 mod host;
 mod progress;
 mod setup_root;

@@ -18,15 +18,15 @@ use rustix::io::Errno;
 use rustix::mount::{mount_change, mount_remount, MountFlags, MountPropagationFlags};
 use rustix::thread::{unshare_unsafe, UnshareFlags};
 
-/// Makes `path` writable for this process if it lies on a read-only
-/// mount (see the module documentation); does nothing otherwise, or if
-/// `path` does not exist. Call it before any thread is started: a new
-/// mount namespace applies to the calling thread and those it starts.
-pub fn make_writable(path: &Path) -> Result<()> {
-    let Some(flags) = mount_flags(path)? else {
-        return Ok(());
-    };
-    if !flags.contains(StatVfsMountFlags::RDONLY) {
+/// Whether this process has entered its own mount namespace.
+static PRIVATE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Moves this process into a mount namespace of its own (once), where
+/// nothing mounted propagates back to the system. Call it before any
+/// thread is started.
+pub fn enter_private_namespace() -> Result<()> {
+    use std::sync::atomic::Ordering;
+    if PRIVATE.swap(true, Ordering::SeqCst) {
         return Ok(());
     }
     // SAFETY: CLONE_NEWNS (with the CLONE_FS it implies) leaves the file
@@ -38,6 +38,21 @@ pub fn make_writable(path: &Path) -> Result<()> {
         MountPropagationFlags::DOWNSTREAM | MountPropagationFlags::REC,
     )
     .context("making the private mount namespace a slave")?;
+    Ok(())
+}
+
+/// Makes `path` writable for this process if it lies on a read-only
+/// mount (see the module documentation); does nothing otherwise, or if
+/// `path` does not exist. Call it before any thread is started: a new
+/// mount namespace applies to the calling thread and those it starts.
+pub fn make_writable(path: &Path) -> Result<()> {
+    let Some(flags) = mount_flags(path)? else {
+        return Ok(());
+    };
+    if !flags.contains(StatVfsMountFlags::RDONLY) {
+        return Ok(());
+    }
+    enter_private_namespace()?;
     // Keep the mount's other per-mount flags; atime flags are kept by the
     // kernel when none is given.
     let mut keep = MountFlags::BIND;

@@ -20,17 +20,13 @@ const ROOT_TYPE: &str = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709";
 /// Size of the ESP made by `install to-disk`, MiB.
 const ESP_MIB: u64 = 512;
 
+/// The host `args` name; its boot directory was filled in by
+/// [`crate::esp::locate`] when not given.
 fn host_of(args: &HostArgs) -> Result<Host> {
-    let boot = match &args.boot_dir {
-        Some(dir) => dir.clone(),
-        None => ["/boot", "/efi", "/boot/efi"]
-            .iter()
-            .map(PathBuf::from)
-            .find(|p| p.join("loader/entries").is_dir())
-            .context(
-                "no loader/entries at /boot, /efi or /boot/efi: name the directory with --boot-dir",
-            )?,
-    };
+    let boot = args
+        .boot_dir
+        .clone()
+        .context("no boot directory: name it with --boot-dir")?;
     Ok(Host {
         root: args.sysroot.clone(),
         boot,

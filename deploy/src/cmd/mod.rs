@@ -16,10 +16,13 @@ use crate::cli::{Args, Command, Hash, ImageCommand, RepoCommand};
 
 /// Runs `args`. The digest type is picked once, here: from the
 /// repository's meta.json when the command uses one, else from `--hash`.
-pub fn run(args: Args) -> Result<()> {
+pub fn run(mut args: Args) -> Result<()> {
     // Before anything starts a thread (see `make_writable`).
     if let Some(path) = written_path(&args) {
         crate::writable::make_writable(&path)?;
+    }
+    if let Some(boot_dir @ None) = boot_dir_mut(&mut args.command) {
+        *boot_dir = Some(crate::esp::locate()?);
     }
     let algorithm = match uses_existing_repo(&args.command) {
         true => {
@@ -95,6 +98,21 @@ fn host_args(command: &Command) -> Option<&crate::cli::HostArgs> {
         | Command::Rollback { host }
         | Command::Status { host }
         | Command::Gc { host } => Some(host),
+        _ => None,
+    }
+}
+
+/// The boot directory option of the host commands, to be filled in
+/// when not given.
+fn boot_dir_mut(command: &mut Command) -> Option<&mut Option<PathBuf>> {
+    match command {
+        Command::Upgrade { host, .. }
+        | Command::Switch { host, .. }
+        | Command::Finalize { host }
+        | Command::Pin { host, .. }
+        | Command::Rollback { host }
+        | Command::Status { host }
+        | Command::Gc { host } => Some(&mut host.boot_dir),
         _ => None,
     }
 }
