@@ -162,7 +162,9 @@ ln -sf /usr/lib/systemd/system/cfs-deploy-bless.service \
 # No fstab entry for the ESP, and systemd-gpt-auto-generator does not
 # mount it (it only looks at the disk of a block-device root): cfs-deploy
 # and bless mount the ESP systemd-boot started from for themselves. The
-# checks below look at it through a read-only mount of their own.
+# checks below look at it through a read-only mount of their own, undone
+# before cfs-deploy runs again (a second, writable mount of a device
+# mounted read-only is refused with EBUSY).
 # The file whose object the fs-verity check corrupts: a size no other
 # object has, so the guest finds it by size.
 head -c 77777 /dev/urandom > "$base/usr/share/cfs-verity-victim"
@@ -349,6 +351,7 @@ boot '
 run status cfs-deploy status --json
 mkdir -p /run/esp && mount -o ro LABEL=ESP /run/esp
 run entries grep -H ^linux /run/esp/loader/entries/cfs-'"${id3:0:32}"'+0-3.conf
+umount /run/esp
 run rollback cfs-deploy rollback
 run after cfs-deploy status --json
 systemctl reboot --no-block
@@ -369,6 +372,7 @@ run gc cfs-deploy gc
 run after cfs-deploy status --json
 mkdir -p /run/esp && mount -o ro LABEL=ESP /run/esp
 run kernels ls /run/esp'"$v3_kernel"'
+umount /run/esp
 run state ls /sysroot/state/deploy
 run refs cfs-deploy repo ls
 run root-options findmnt -no OPTIONS /
