@@ -58,11 +58,17 @@ pub fn locate() -> Result<PathBuf> {
         MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
         Some(c"umask=0077"),
     )
-    .with_context(|| {
-        format!(
-            "mounting the ESP systemd-boot started from ({}) at {PRIVATE_MOUNT}",
+    .map_err(|errno| {
+        // A device mounted read-only elsewhere refuses a writable mount.
+        let hint = if errno == rustix::io::Errno::BUSY {
+            ": it is mounted elsewhere; name that mount with --boot-dir"
+        } else {
+            ""
+        };
+        anyhow::Error::from(errno).context(format!(
+            "mounting the ESP systemd-boot started from ({}) at {PRIVATE_MOUNT}{hint}",
             device.display()
-        )
+        ))
     })?;
     if !Path::new(PRIVATE_MOUNT).join("loader/entries").is_dir() {
         bail!(
