@@ -48,14 +48,8 @@ pub struct LocalRepo {
 impl LocalRepo {
     /// Opens the repository at `path` and reads its mode from `config`.
     pub fn open(path: &Path) -> Result<Self, OstreeError> {
-        let dir = rustix::fs::open(
-            path,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            FileMode::empty(),
-        )
-        .map_err(|e| OstreeError::io(format!("opening {}", path.display()), e.into()))?;
         let mut repo = Self {
-            dir,
+            dir: crate::source::open_dir(path)?,
             path: path.to_owned(),
             mode: RepoMode::Archive,
         };

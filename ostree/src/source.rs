@@ -78,6 +78,16 @@ fn check_path(path: &str) -> Result<(), OstreeError> {
     Ok(())
 }
 
+/// Opens the directory at `path` for reads beneath it.
+pub(crate) fn open_dir(path: &Path) -> Result<OwnedFd, OstreeError> {
+    rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        FileMode::empty(),
+    )
+    .map_err(|e| OstreeError::io(format!("opening {}", path.display()), e.into()))
+}
+
 /// A repository in a local directory. Paths resolve beneath it: a
 /// symlink in the repository cannot lead a read outside.
 #[derive(Debug)]
@@ -89,14 +99,8 @@ pub struct DirSource {
 impl DirSource {
     /// Opens the repository directory at `path`.
     pub fn open(path: &Path) -> Result<Self, OstreeError> {
-        let dir = rustix::fs::open(
-            path,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            FileMode::empty(),
-        )
-        .map_err(|e| OstreeError::io(format!("opening {}", path.display()), e.into()))?;
         Ok(Self {
-            dir,
+            dir: open_dir(path)?,
             location: PathBuf::from(path).display().to_string(),
         })
     }
